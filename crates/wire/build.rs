@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Path::new("proto/datamodel.proto"),
         Path::new("proto/sandbox.proto"),
         Path::new("proto/openshell.proto"),
+        Path::new("proto/google/rpc/status.proto"),
     ];
     for f in files {
         println!("cargo:rerun-if-changed={}", f.display());

@@ -27,6 +27,18 @@ pub mod openshell {
     }
 }
 
+/// `google.rpc`: the rich error model carried in `grpc-status-details-bin`.
+pub mod google {
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+
+        /// Type URLs of the detail messages, as packed into `Any`.
+        pub const ERROR_INFO_TYPE: &str = "type.googleapis.com/google.rpc.ErrorInfo";
+        pub const BAD_REQUEST_TYPE: &str = "type.googleapis.com/google.rpc.BadRequest";
+        pub const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
+    }
+}
+
 pub use openshell::datamodel::v1 as datamodel;
 pub use openshell::sandbox::v1 as sandbox;
 pub use openshell::v1 as v1;
