@@ -12,11 +12,8 @@ use crate::DomainError;
 const MAX_NAME_LEN: usize = 63;
 
 fn check_dns_label(kind: &'static str, raw: &str) -> Result<(), DomainError> {
-    let invalid = |reason: &str| DomainError::InvalidName {
-        kind,
-        value: crate::sanitize(raw, 80),
-        reason: reason.to_owned(),
-    };
+    let invalid =
+        |reason: &str| DomainError::InvalidName { kind, value: crate::sanitize(raw, 80), reason: reason.to_owned() };
     if raw.is_empty() {
         return Err(invalid("must not be empty"));
     }

@@ -89,13 +89,11 @@ impl Sandbox {
     /// The condition message a human most wants when a sandbox is stuck.
     #[must_use]
     pub fn status_summary(&self) -> String {
-        let cond = self
-            .conditions
-            .iter()
-            .find(|c| c.kind == "Ready")
-            .or_else(|| self.conditions.first());
+        let cond = self.conditions.iter().find(|c| c.kind == "Ready").or_else(|| self.conditions.first());
         match cond {
-            Some(c) if !c.message.is_empty() => format!("{} ({}: {})", self.phase, c.reason, c.message),
+            Some(c) if !c.message.is_empty() => {
+                format!("{} ({}: {})", self.phase, c.reason, c.message)
+            }
             Some(c) if !c.reason.is_empty() => format!("{} ({})", self.phase, c.reason),
             _ => self.phase.to_string(),
         }
@@ -195,6 +193,8 @@ pub struct SandboxLogs {
 }
 
 /// What a watch stream should follow.
+// Independent switches, as on the wire; an enum would not express their combinations.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WatchOptions {
     pub follow_status: bool,

@@ -18,8 +18,8 @@ use breakwater_domain::sandbox::{
 use breakwater_domain::{LabelSelector, Labels, Page, PageRequest, ProviderName, SandboxName, Secret, WorkspaceName};
 use breakwater_wire::openshell::v1::open_shell_client::OpenShellClient;
 use breakwater_wire::{datamodel as dm, sandbox as sb, v1};
-use futures::stream::BoxStream;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
@@ -136,9 +136,10 @@ impl GrpcGateway {
             let req = self.request(message.clone(), deadline);
             async move {
                 let req = req?;
-                match tokio::time::timeout(deadline, call(client, req)).await {
+                let until = Instant::now() + deadline;
+                match tokio::time::timeout_at(until, call(client, req)).await {
                     Ok(Ok(resp)) => Ok(resp.into_inner()),
-                    Ok(Err(status)) => Err(GatewayError::from_status(method, &status)),
+                    Ok(Err(status)) => Err(status_error(method, &status, until)),
                     Err(_) => Err(GatewayError::DeadlineExceeded { message: format!("{method} after {deadline:?}") }),
                 }
             }
@@ -168,8 +169,10 @@ impl GrpcGateway {
         let req = self.request(message, deadline)?;
         let streaming = match tokio::time::timeout_at(until, call(self.client.clone(), req)).await {
             Ok(Ok(resp)) => resp.into_inner(),
-            Ok(Err(status)) => return Err(GatewayError::from_status(method, &status)),
-            Err(_) => return Err(GatewayError::DeadlineExceeded { message: format!("{method} did not start in time") }),
+            Ok(Err(status)) => return Err(status_error(method, &status, until)),
+            Err(_) => {
+                return Err(GatewayError::DeadlineExceeded { message: format!("{method} did not start in time") });
+            }
         };
         // State: Some(stream) while open; None once we have ended it. Dropping
         // the returned stream drops `Streaming`, which resets the HTTP/2
@@ -182,7 +185,7 @@ impl GrpcGateway {
                         let err = GatewayError::DeadlineExceeded { message: format!("{method} exceeded {deadline:?}") };
                         return Some((Err(err), None));
                     }
-                    Ok(Err(status)) => return Some((Err(GatewayError::from_status(method, &status)), None)),
+                    Ok(Err(status)) => return Some((Err(status_error(method, &status, until)), None)),
                     Ok(Ok(None)) => return None,
                     Ok(Ok(Some(item))) => {
                         // Unknown payloads (a newer gateway) are skipped, not fatal.
@@ -195,6 +198,15 @@ impl GrpcGateway {
         });
         Ok(s.boxed())
     }
+}
+
+/// tonic enforces the `grpc-timeout` we send by cancelling the call; when
+/// that wins the race against our own timer it is still a missed deadline.
+fn status_error(method: &'static str, status: &tonic::Status, until: Instant) -> GatewayError {
+    if status.code() == tonic::Code::Cancelled && Instant::now() >= until {
+        return GatewayError::DeadlineExceeded { message: format!("{method} did not finish in time") };
+    }
+    GatewayError::from_status(method, status)
 }
 
 fn page_size(p: &PageRequest) -> i32 {
@@ -240,7 +252,10 @@ impl Gateway for GrpcGateway {
         let resp = self
             .unary("ListSandboxes", Idempotency::Read, req, |mut c, r| async move { c.list_sandboxes(r).await })
             .await?;
-        Ok(Page { items: resp.sandboxes.into_iter().map(map::sandbox).collect(), next_page_token: resp.next_page_token })
+        Ok(Page {
+            items: resp.sandboxes.into_iter().map(map::sandbox).collect(),
+            next_page_token: resp.next_page_token,
+        })
     }
 
     async fn get_sandbox(&self, ws: &WorkspaceName, name: &SandboxName) -> Result<Sandbox> {
@@ -274,7 +289,12 @@ impl Gateway for GrpcGateway {
         map::sandbox_response(resp)
     }
 
-    async fn delete_sandbox(&self, ws: &WorkspaceName, name: &SandboxName, allow_missing: bool) -> Result<SandboxDeletion> {
+    async fn delete_sandbox(
+        &self,
+        ws: &WorkspaceName,
+        name: &SandboxName,
+        allow_missing: bool,
+    ) -> Result<SandboxDeletion> {
         let req = v1::DeleteSandboxRequest {
             name: name.to_string(),
             workspace_scope: scope(ws),
@@ -288,14 +308,17 @@ impl Gateway for GrpcGateway {
     }
 
     async fn stop_sandbox(&self, ws: &WorkspaceName, name: &SandboxName) -> Result<Sandbox> {
-        let req = v1::StopSandboxRequest { name: name.to_string(), workspace_scope: scope(ws), request_id: request_id() };
-        let resp =
-            self.unary("StopSandbox", Idempotency::Keyed, req, |mut c, r| async move { c.stop_sandbox(r).await }).await?;
+        let req =
+            v1::StopSandboxRequest { name: name.to_string(), workspace_scope: scope(ws), request_id: request_id() };
+        let resp = self
+            .unary("StopSandbox", Idempotency::Keyed, req, |mut c, r| async move { c.stop_sandbox(r).await })
+            .await?;
         map::sandbox_response(resp)
     }
 
     async fn start_sandbox(&self, ws: &WorkspaceName, name: &SandboxName) -> Result<Sandbox> {
-        let req = v1::StartSandboxRequest { name: name.to_string(), workspace_scope: scope(ws), request_id: request_id() };
+        let req =
+            v1::StartSandboxRequest { name: name.to_string(), workspace_scope: scope(ws), request_id: request_id() };
         let resp = self
             .unary("StartSandbox", Idempotency::Keyed, req, |mut c, r| async move { c.start_sandbox(r).await })
             .await?;
@@ -385,8 +408,8 @@ impl Gateway for GrpcGateway {
     async fn create_ssh_session(&self, ws: &WorkspaceName, name: &SandboxName) -> Result<SshSession> {
         let req = v1::CreateSshSessionRequest { sandbox: name.to_string(), workspace_scope: scope(ws) };
         // No request_id in this message: a retry could mint a second session.
-        let resp = self
-            .unary("CreateSshSession", Idempotency::Unsafe, req, |mut c, r| async move {
+        let resp =
+            self.unary("CreateSshSession", Idempotency::Unsafe, req, |mut c, r| async move {
                 c.create_ssh_session(r).await
             })
             .await?;
@@ -398,9 +421,8 @@ impl Gateway for GrpcGateway {
         // Revoking twice is harmless with allow_missing, but without it a
         // retry would report NotFound for a revoke that succeeded.
         let idem = if allow_missing { Idempotency::Read } else { Idempotency::Unsafe };
-        let resp = self
-            .unary("RevokeSshSession", idem, req, |mut c, r| async move { c.revoke_ssh_session(r).await })
-            .await?;
+        let resp =
+            self.unary("RevokeSshSession", idem, req, |mut c, r| async move { c.revoke_ssh_session(r).await }).await?;
         Ok(map::deletion(resp.outcome))
     }
 
@@ -414,13 +436,17 @@ impl Gateway for GrpcGateway {
         let resp = self
             .unary("ListProviders", Idempotency::Read, req, |mut c, r| async move { c.list_providers(r).await })
             .await?;
-        Ok(Page { items: resp.providers.into_iter().map(map::provider).collect(), next_page_token: resp.next_page_token })
+        Ok(Page {
+            items: resp.providers.into_iter().map(map::provider).collect(),
+            next_page_token: resp.next_page_token,
+        })
     }
 
     async fn get_provider(&self, ws: &WorkspaceName, name: &ProviderName) -> Result<Provider> {
         let req = v1::GetProviderRequest { name: name.to_string(), workspace_scope: scope(ws) };
-        let resp =
-            self.unary("GetProvider", Idempotency::Read, req, |mut c, r| async move { c.get_provider(r).await }).await?;
+        let resp = self
+            .unary("GetProvider", Idempotency::Read, req, |mut c, r| async move { c.get_provider(r).await })
+            .await?;
         map::provider_response(resp)
     }
 
@@ -449,7 +475,12 @@ impl Gateway for GrpcGateway {
         map::provider_response(resp)
     }
 
-    async fn delete_provider(&self, ws: &WorkspaceName, name: &ProviderName, allow_missing: bool) -> Result<DeletionOutcome> {
+    async fn delete_provider(
+        &self,
+        ws: &WorkspaceName,
+        name: &ProviderName,
+        allow_missing: bool,
+    ) -> Result<DeletionOutcome> {
         let req = v1::DeleteProviderRequest {
             name: name.to_string(),
             workspace_scope: scope(ws),
@@ -478,8 +509,8 @@ impl Gateway for GrpcGateway {
 
     async fn get_provider_profile(&self, ws: &WorkspaceName, id: &str) -> Result<ProviderProfile> {
         let req = v1::GetProviderProfileRequest { id: id.to_owned(), workspace_scope: scope(ws) };
-        let resp = self
-            .unary("GetProviderProfile", Idempotency::Read, req, |mut c, r| async move {
+        let resp =
+            self.unary("GetProviderProfile", Idempotency::Read, req, |mut c, r| async move {
                 c.get_provider_profile(r).await
             })
             .await?;
@@ -503,7 +534,10 @@ impl Gateway for GrpcGateway {
                 c.list_sandbox_providers(r).await
             })
             .await?;
-        Ok(Page { items: resp.providers.into_iter().map(map::provider).collect(), next_page_token: resp.next_page_token })
+        Ok(Page {
+            items: resp.providers.into_iter().map(map::provider).collect(),
+            next_page_token: resp.next_page_token,
+        })
     }
 
     async fn attach_provider(
@@ -608,7 +642,12 @@ impl Gateway for GrpcGateway {
             .map(map::config_update)
     }
 
-    async fn policy_status(&self, ws: &WorkspaceName, name: &SandboxName, version: Option<u32>) -> Result<PolicyStatusReport> {
+    async fn policy_status(
+        &self,
+        ws: &WorkspaceName,
+        name: &SandboxName,
+        version: Option<u32>,
+    ) -> Result<PolicyStatusReport> {
         let req = v1::GetSandboxPolicyStatusRequest {
             sandbox: name.to_string(),
             version: version.unwrap_or(0),
@@ -620,8 +659,10 @@ impl Gateway for GrpcGateway {
                 c.get_sandbox_policy_status(r).await
             })
             .await?;
-        let revision =
-            resp.revision.map(map::revision).ok_or_else(|| GatewayError::InvalidResponse { message: "no revision".into() })?;
+        let revision = resp
+            .revision
+            .map(map::revision)
+            .ok_or_else(|| GatewayError::InvalidResponse { message: "no revision".into() })?;
         Ok(PolicyStatusReport { revision, active_version: resp.active_version })
     }
 
@@ -638,12 +679,15 @@ impl Gateway for GrpcGateway {
             global: false,
             workspace_scope: scope(ws),
         };
-        let resp = self
-            .unary("ListSandboxPolicies", Idempotency::Read, req, |mut c, r| async move {
+        let resp =
+            self.unary("ListSandboxPolicies", Idempotency::Read, req, |mut c, r| async move {
                 c.list_sandbox_policies(r).await
             })
             .await?;
-        Ok(Page { items: resp.revisions.into_iter().map(map::revision).collect(), next_page_token: resp.next_page_token })
+        Ok(Page {
+            items: resp.revisions.into_iter().map(map::revision).collect(),
+            next_page_token: resp.next_page_token,
+        })
     }
 
     async fn draft_policy(&self, ws: &WorkspaceName, name: &SandboxName, status_filter: &str) -> Result<DraftPolicy> {
@@ -671,8 +715,8 @@ impl Gateway for GrpcGateway {
             review_token: review_token.to_owned(),
             request_id: request_id(),
         };
-        let resp = self
-            .unary("ApproveDraftChunk", Idempotency::Keyed, req, |mut c, r| async move {
+        let resp =
+            self.unary("ApproveDraftChunk", Idempotency::Keyed, req, |mut c, r| async move {
                 c.approve_draft_chunk(r).await
             })
             .await?;
@@ -712,7 +756,13 @@ impl Gateway for GrpcGateway {
         .map(map::approve_all)
     }
 
-    async fn edit_chunk(&self, ws: &WorkspaceName, name: &SandboxName, chunk_id: &str, rule: &NetworkRule) -> Result<()> {
+    async fn edit_chunk(
+        &self,
+        ws: &WorkspaceName,
+        name: &SandboxName,
+        chunk_id: &str,
+        rule: &NetworkRule,
+    ) -> Result<()> {
         let req = v1::EditDraftChunkRequest {
             sandbox: name.to_string(),
             chunk_id: chunk_id.to_owned(),
@@ -739,8 +789,11 @@ impl Gateway for GrpcGateway {
     }
 
     async fn clear_chunks(&self, ws: &WorkspaceName, name: &SandboxName) -> Result<u32> {
-        let req =
-            v1::ClearDraftChunksRequest { sandbox: name.to_string(), workspace_scope: scope(ws), request_id: request_id() };
+        let req = v1::ClearDraftChunksRequest {
+            sandbox: name.to_string(),
+            workspace_scope: scope(ws),
+            request_id: request_id(),
+        };
         self.unary("ClearDraftChunks", Idempotency::Keyed, req, |mut c, r| async move { c.clear_draft_chunks(r).await })
             .await
             .map(|r| r.chunks_cleared)
@@ -773,7 +826,9 @@ impl Gateway for GrpcGateway {
         let resp = self
             .unary("GetWorkspace", Idempotency::Read, req, |mut c, r| async move { c.get_workspace(r).await })
             .await?;
-        resp.workspace.map(map::workspace).ok_or_else(|| GatewayError::InvalidResponse { message: "no workspace".into() })
+        resp.workspace
+            .map(map::workspace)
+            .ok_or_else(|| GatewayError::InvalidResponse { message: "no workspace".into() })
     }
 
     async fn create_workspace(&self, name: &WorkspaceName, labels: &Labels) -> Result<Workspace> {
@@ -785,7 +840,9 @@ impl Gateway for GrpcGateway {
         let resp = self
             .unary("CreateWorkspace", Idempotency::Keyed, req, |mut c, r| async move { c.create_workspace(r).await })
             .await?;
-        resp.workspace.map(map::workspace).ok_or_else(|| GatewayError::InvalidResponse { message: "no workspace".into() })
+        resp.workspace
+            .map(map::workspace)
+            .ok_or_else(|| GatewayError::InvalidResponse { message: "no workspace".into() })
     }
 
     async fn delete_workspace(&self, name: &WorkspaceName, allow_missing: bool) -> Result<DeletionOutcome> {

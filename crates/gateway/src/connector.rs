@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::{ClientIdentity, GatewayAddress};
 use crate::GatewayError;
+use crate::config::{ClientIdentity, GatewayAddress};
 
 /// Largest PEM bundle we parse; real CA bundles are a few KiB.
 const MAX_PEM_BYTES: usize = 256 * 1024;
@@ -55,20 +55,16 @@ pub(crate) fn client_config(
         builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider())))
     } else {
         let mut roots = RootCertStore::empty();
-        match ca_pem {
-            Some(pem) => {
-                for cert in parse_certs(pem, "CA certificate")? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| GatewayError::Config { message: format!("CA certificate rejected: {e}") })?;
-                }
+        if let Some(pem) = ca_pem {
+            for cert in parse_certs(pem, "CA certificate")? {
+                roots
+                    .add(cert)
+                    .map_err(|e| GatewayError::Config { message: format!("CA certificate rejected: {e}") })?;
             }
-            None => {
-                let native = rustls_native_certs::load_native_certs();
-                for cert in native.certs {
-                    // A broken system certificate must not stop us using the others.
-                    let _ = roots.add(cert);
-                }
+        } else {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                // A broken system certificate must not stop us using the others.
+                let _ = roots.add(cert);
             }
         }
         builder.with_root_certificates(roots)
@@ -78,9 +74,9 @@ pub(crate) fn client_config(
             let certs = parse_certs(&id.cert_pem, "client certificate")?;
             let key = PrivateKeyDer::from_pem_slice(id.key_pem.expose().as_bytes())
                 .map_err(|_| GatewayError::Config { message: "client key is not a valid PEM private key".into() })?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| GatewayError::Config { message: format!("client certificate and key do not match: {e}") })?
+            builder.with_client_auth_cert(certs, key).map_err(|e| GatewayError::Config {
+                message: format!("client certificate and key do not match: {e}"),
+            })?
         }
         None => builder.with_no_client_auth(),
     };
@@ -138,11 +134,16 @@ pub(crate) struct TlsDialer {
 }
 
 impl TlsDialer {
-    pub(crate) fn new(config: ClientConfig, address: GatewayAddress, connect_timeout: Duration) -> Result<Self, GatewayError> {
+    pub(crate) fn new(
+        config: ClientConfig,
+        address: GatewayAddress,
+        connect_timeout: Duration,
+    ) -> Result<Self, GatewayError> {
         let server_name = match address.ip() {
             Some(ip) => ServerName::IpAddress(ip.into()),
-            None => ServerName::try_from(address.host().to_owned())
-                .map_err(|_| GatewayError::Config { message: format!("{:?} is not a valid TLS server name", address.host()) })?,
+            None => ServerName::try_from(address.host().to_owned()).map_err(|_| GatewayError::Config {
+                message: format!("{:?} is not a valid TLS server name", address.host()),
+            })?,
         };
         Ok(Self { connector: TlsConnector::from(Arc::new(config)), address, server_name, connect_timeout })
     }

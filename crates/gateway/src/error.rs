@@ -77,12 +77,18 @@ pub enum GatewayError {
 
 fn describe_certificate(problem: CertificateProblem, message: &str) -> String {
     match problem {
-        CertificateProblem::ServerExpired => format!("the gateway's TLS certificate is expired or not yet valid ({message})"),
+        CertificateProblem::ServerExpired => {
+            format!("the gateway's TLS certificate is expired or not yet valid ({message})")
+        }
         CertificateProblem::WrongHost => {
-            format!("the gateway's TLS certificate does not match the endpoint host ({message}); check the endpoint address")
+            format!(
+                "the gateway's TLS certificate does not match the endpoint host ({message}); check the endpoint address"
+            )
         }
         CertificateProblem::ClientExpired => {
-            format!("the gateway rejected our client certificate as expired ({message}); issue a new client certificate")
+            format!(
+                "the gateway rejected our client certificate as expired ({message}); issue a new client certificate"
+            )
         }
         CertificateProblem::ClientRejected => {
             format!("the gateway rejected our client certificate ({message}); check the client certificate and key")
@@ -192,7 +198,7 @@ fn chain_text(err: &dyn StdError) -> String {
 
 fn classify_transport_chain(status: &tonic::Status) -> Option<GatewayError> {
     let source = StdError::source(status)?;
-    classify_chain(source).or_else(|| {
+    classify_chain(source).or_else(|| classify_alert_text(&chain_text(source))).or_else(|| {
         // A transport failure surfaced as a status without a TLS cause is the
         // connection going away: say "unreachable", not "unknown".
         Some(GatewayError::Unreachable { message: upstream_text(&chain_text(source)) })
@@ -207,14 +213,33 @@ fn classify_chain(err: &(dyn StdError + 'static)) -> Option<GatewayError> {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(classify_rustls(tls));
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-                return Some(classify_rustls(tls));
-            }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(classify_rustls(tls));
         }
         cur = e.source();
     }
     None
+}
+
+/// A TLS alert that arrives after the handshake (TLS 1.3 checks the client
+/// certificate only then) reaches us through h2, which keeps its text but
+/// not the rustls error itself. The text is rustls' own `Display` form.
+fn classify_alert_text(text: &str) -> Option<GatewayError> {
+    use rustls::AlertDescription as A;
+    let alert = text.split("received fatal alert: ").nth(1)?.split(|c: char| !c.is_ascii_alphanumeric()).next()?;
+    let known = [
+        A::CertificateExpired,
+        A::BadCertificate,
+        A::UnknownCA,
+        A::CertificateRequired,
+        A::CertificateRevoked,
+        A::UnsupportedCertificate,
+        A::AccessDenied,
+    ];
+    let description = known.into_iter().find(|a| format!("{a:?}") == alert)?;
+    Some(classify_rustls(&rustls::Error::AlertReceived(description)))
 }
 
 fn classify_rustls(err: &rustls::Error) -> GatewayError {
@@ -234,7 +259,11 @@ fn classify_rustls(err: &rustls::Error) -> GatewayError {
             GatewayError::TlsCertificate { problem: CertificateProblem::ClientExpired, message }
         }
         rustls::Error::AlertReceived(
-            A::BadCertificate | A::UnknownCA | A::CertificateRequired | A::CertificateRevoked | A::UnsupportedCertificate,
+            A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateRequired
+            | A::CertificateRevoked
+            | A::UnsupportedCertificate,
         ) => GatewayError::TlsCertificate { problem: CertificateProblem::ClientRejected, message },
         _ => GatewayError::Unreachable { message: format!("TLS handshake failed: {message}") },
     }
@@ -335,7 +364,7 @@ mod tests {
         let info = rpc::ErrorInfo {
             reason: "RESOURCE_VERSION_CONFLICT".into(),
             domain: "openshell.nvidia.com".into(),
-            metadata: Default::default(),
+            metadata: std::collections::HashMap::default(),
         };
         let any = prost_types::Any { type_url: rpc::ERROR_INFO_TYPE.into(), value: info.encode_to_vec() };
         let err = GatewayError::from_status("X", &status_with_details(Code::Aborted, "stale", vec![any]));

@@ -24,8 +24,8 @@ use breakwater_domain::sandbox::{
     SshSession, WatchEvent, WatchOptions,
 };
 use breakwater_domain::{LabelSelector, Labels, Page, PageRequest, ProviderName, SandboxName, Secret, WorkspaceName};
-use futures::stream::BoxStream;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 
 pub use client::GrpcGateway;
 pub use config::{ClientIdentity, ConnectionConfig, GatewayAddress, RetryPolicy, Timeouts, Transport};
@@ -68,12 +68,20 @@ pub trait Gateway: Send + Sync {
     async fn current_user(&self) -> Result<CurrentUser>;
 
     // --- sandboxes -----------------------------------------------------
-    async fn list_sandboxes(&self, scope: &WorkspaceScope, selector: &LabelSelector, page: &PageRequest)
-    -> Result<Page<Sandbox>>;
+    async fn list_sandboxes(
+        &self,
+        scope: &WorkspaceScope,
+        selector: &LabelSelector,
+        page: &PageRequest,
+    ) -> Result<Page<Sandbox>>;
     async fn get_sandbox(&self, ws: &WorkspaceName, name: &SandboxName) -> Result<Sandbox>;
     async fn create_sandbox(&self, new: &NewSandbox) -> Result<Sandbox>;
-    async fn delete_sandbox(&self, ws: &WorkspaceName, name: &SandboxName, allow_missing: bool)
-    -> Result<SandboxDeletion>;
+    async fn delete_sandbox(
+        &self,
+        ws: &WorkspaceName,
+        name: &SandboxName,
+        allow_missing: bool,
+    ) -> Result<SandboxDeletion>;
     async fn stop_sandbox(&self, ws: &WorkspaceName, name: &SandboxName) -> Result<Sandbox>;
     async fn start_sandbox(&self, ws: &WorkspaceName, name: &SandboxName) -> Result<Sandbox>;
     /// Snapshot first, then changes, until the server ends the stream or the
@@ -100,8 +108,12 @@ pub trait Gateway: Send + Sync {
     async fn get_provider(&self, ws: &WorkspaceName, name: &ProviderName) -> Result<Provider>;
     async fn create_provider(&self, ws: &WorkspaceName, spec: &ProviderSpec) -> Result<Provider>;
     async fn update_provider(&self, ws: &WorkspaceName, spec: &ProviderSpec) -> Result<Provider>;
-    async fn delete_provider(&self, ws: &WorkspaceName, name: &ProviderName, allow_missing: bool)
-    -> Result<DeletionOutcome>;
+    async fn delete_provider(
+        &self,
+        ws: &WorkspaceName,
+        name: &ProviderName,
+        allow_missing: bool,
+    ) -> Result<DeletionOutcome>;
     async fn list_provider_profiles(&self, ws: &WorkspaceName, page: &PageRequest) -> Result<Page<ProviderProfile>>;
     async fn get_provider_profile(&self, ws: &WorkspaceName, id: &str) -> Result<ProviderProfile>;
     async fn list_sandbox_providers(
@@ -164,8 +176,13 @@ pub trait Gateway: Send + Sync {
         name: &SandboxName,
         include_security_flagged: bool,
     ) -> Result<ApproveAllResult>;
-    async fn edit_chunk(&self, ws: &WorkspaceName, name: &SandboxName, chunk_id: &str, rule: &NetworkRule)
-    -> Result<()>;
+    async fn edit_chunk(
+        &self,
+        ws: &WorkspaceName,
+        name: &SandboxName,
+        chunk_id: &str,
+        rule: &NetworkRule,
+    ) -> Result<()>;
     async fn undo_chunk(&self, ws: &WorkspaceName, name: &SandboxName, chunk_id: &str) -> Result<PolicyVersionRef>;
     async fn clear_chunks(&self, ws: &WorkspaceName, name: &SandboxName) -> Result<u32>;
     async fn draft_history(&self, ws: &WorkspaceName, name: &SandboxName) -> Result<Vec<DraftHistoryEntry>>;
@@ -179,7 +196,13 @@ pub trait Gateway: Send + Sync {
     /// Runs a command and collects its output, each stream capped at
     /// `cap` bytes. Returns as soon as the exit event or end of stream
     /// arrives; a stream that ends without an exit event is an error.
-    async fn exec(&self, ws: &WorkspaceName, name: &SandboxName, request: &ExecRequest, cap: usize) -> Result<ExecOutput> {
+    async fn exec(
+        &self,
+        ws: &WorkspaceName,
+        name: &SandboxName,
+        request: &ExecRequest,
+        cap: usize,
+    ) -> Result<ExecOutput> {
         let mut stream = self.exec_stream(ws, name, request).await?;
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let mut truncated = false;

@@ -29,6 +29,9 @@ use crate::{GatewayError, WorkspaceScope};
 
 // ---------------------------------------------------------------- helpers
 
+// Every request field is optional on the wire, hence `Option` even though
+// we always send a selector.
+#[allow(clippy::unnecessary_wraps)]
 pub(crate) fn scope(ws: &WorkspaceName) -> Option<dm::WorkspaceSelector> {
     Some(dm::WorkspaceSelector { selection: Some(dm::workspace_selector::Selection::Workspace(ws.to_string())) })
 }
@@ -51,6 +54,8 @@ pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
+// By value so it slots into `.map(text)` over owned proto strings.
+#[allow(clippy::needless_pass_by_value)]
 fn text(s: String) -> String {
     upstream_text(&s)
 }
@@ -259,7 +264,9 @@ pub(crate) fn ssh_session(r: v1::CreateSshSessionResponse) -> Result<SshSession,
         return Err(bad("token"));
     }
     let scheme = if r.gateway_scheme.is_empty() { "ssh".to_owned() } else { r.gateway_scheme };
-    if !scheme.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'+' || b == b'-') || scheme.len() > 16 {
+    if !scheme.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'+' || b == b'-')
+        || scheme.len() > 16
+    {
         return Err(bad("scheme"));
     }
     if !r.host_key_fingerprint.bytes().all(|b| b.is_ascii_graphic()) || r.host_key_fingerprint.len() > 256 {
@@ -438,10 +445,10 @@ pub(crate) fn policy_to(p: &Policy) -> sb::SandboxPolicy {
             read_write: f.read_write.clone(),
         }),
         landlock: p.landlock.as_ref().map(|l| sb::LandlockPolicy { compatibility: l.compatibility.clone() }),
-        process: p.process.as_ref().map(|p| sb::ProcessPolicy {
-            run_as_user: p.run_as_user.clone(),
-            run_as_group: p.run_as_group.clone(),
-        }),
+        process: p
+            .process
+            .as_ref()
+            .map(|p| sb::ProcessPolicy { run_as_user: p.run_as_user.clone(), run_as_group: p.run_as_group.clone() }),
         network_policies: p.network_policies.iter().map(|(k, v)| (k.clone(), rule_to(v))).collect(),
         network_middlewares: std::collections::HashMap::new(),
     }
@@ -463,12 +470,10 @@ pub(crate) fn merge_op_to(op: &PolicyMergeOp) -> v1::PolicyMergeOperation {
                 port: *port,
             })
         }
-        PolicyMergeOp::RemoveBinary { rule_name, binary_path } => {
-            Operation::RemoveBinary(v1::RemoveNetworkBinary {
-                rule_name: rule_name.clone(),
-                binary_path: binary_path.clone(),
-            })
-        }
+        PolicyMergeOp::RemoveBinary { rule_name, binary_path } => Operation::RemoveBinary(v1::RemoveNetworkBinary {
+            rule_name: rule_name.clone(),
+            binary_path: binary_path.clone(),
+        }),
     };
     v1::PolicyMergeOperation { operation: Some(operation) }
 }
@@ -522,11 +527,7 @@ pub(crate) fn sandbox_config(r: sb::GetSandboxConfigResponse) -> SandboxConfig {
         policy: r.policy.map(policy_from),
         version: r.version,
         policy_hash: text(r.policy_hash),
-        settings: r
-            .settings
-            .into_iter()
-            .filter_map(|(k, v)| Some((text(k), setting_from(v.value?)?)))
-            .collect(),
+        settings: r.settings.into_iter().filter_map(|(k, v)| Some((text(k), setting_from(v.value?)?))).collect(),
         config_revision: r.config_revision,
         policy_source: match sb::PolicySource::try_from(r.policy_source) {
             Ok(sb::PolicySource::Sandbox) => PolicySource::Sandbox,
@@ -694,7 +695,11 @@ mod tests {
     fn policy_round_trips_through_proto() {
         let yaml_like = Policy {
             version: 2,
-            filesystem: Some(FilesystemPolicy { include_workdir: true, read_only: vec!["/usr".into()], read_write: vec![] }),
+            filesystem: Some(FilesystemPolicy {
+                include_workdir: true,
+                read_only: vec!["/usr".into()],
+                read_write: vec![],
+            }),
             landlock: Some(LandlockPolicy { compatibility: "best_effort".into() }),
             process: Some(ProcessPolicy { run_as_user: "sandbox".into(), run_as_group: "sandbox".into() }),
             network_policies: [(

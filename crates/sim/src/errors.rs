@@ -13,7 +13,8 @@ fn with_details(code: Code, message: &str, details: Vec<prost_types::Any>) -> St
 }
 
 fn error_info(reason: &str) -> prost_types::Any {
-    let info = rpc::ErrorInfo { reason: reason.into(), domain: DOMAIN.into(), metadata: Default::default() };
+    let info =
+        rpc::ErrorInfo { reason: reason.into(), domain: DOMAIN.into(), metadata: std::collections::HashMap::default() };
     prost_types::Any { type_url: rpc::ERROR_INFO_TYPE.into(), value: info.encode_to_vec() }
 }
 

@@ -34,21 +34,25 @@ fn err(s: impl Into<String>) -> Chunk {
     Chunk::Stderr(s.into().into_bytes())
 }
 
-/// Runs `argv` against the built-in command set.
-pub(crate) fn run(argv: &[String], env: &BTreeMap<String, String>, workdir: &str, stdin: &[u8]) -> Output {
-    let Some((cmd, args)) = argv.split_first() else {
+/// Runs `command_line` against the built-in command set.
+pub(crate) fn run(command_line: &[String], env: &BTreeMap<String, String>, workdir: &str, input: &[u8]) -> Output {
+    let Some((program, args)) = command_line.split_first() else {
         return Output { chunks: vec![err("sim: empty command\n")], exit_code: 2, ..Default::default() };
     };
-    let name = cmd.rsplit('/').next().unwrap_or(cmd);
+    let name = program.rsplit('/').next().unwrap_or(program);
     match name {
         // `sh -c "..."` and `bash -lc "..."`: split the script like a shell
         // would and run it as one command.
         "sh" | "bash" if matches!(args.first().map(String::as_str), Some("-c" | "-lc")) => {
             let Some(script) = args.get(1) else {
-                return Output { chunks: vec![err(format!("{name}: -c: option requires an argument\n"))], exit_code: 2, ..Default::default() };
+                return Output {
+                    chunks: vec![err(format!("{name}: -c: option requires an argument\n"))],
+                    exit_code: 2,
+                    ..Default::default()
+                };
             };
             match shlex::split(script) {
-                Some(inner) if !inner.is_empty() => run(&inner, env, workdir, stdin),
+                Some(inner) if !inner.is_empty() => run(&inner, env, workdir, input),
                 Some(_) => Output::default(),
                 None => Output {
                     chunks: vec![err(format!("{name}: syntax error: unterminated quoted string\n"))],
@@ -76,27 +80,25 @@ pub(crate) fn run(argv: &[String], env: &BTreeMap<String, String>, workdir: &str
             None => Output { chunks: vec![err("sleep: invalid time interval\n")], exit_code: 1, ..Default::default() },
         },
         "env" => {
-            let mut s = String::new();
-            for (k, v) in env {
-                s.push_str(&format!("{k}={v}\n"));
-            }
+            let s: String = env.iter().flat_map(|(k, v)| [k.as_str(), "=", v.as_str(), "\n"]).collect();
             Output { chunks: vec![out(s)], ..Default::default() }
         }
-        "pwd" => Output { chunks: vec![out(format!("{}\n", if workdir.is_empty() { "/sandbox" } else { workdir }))], ..Default::default() },
-        "whoami" => Output { chunks: vec![out("sandbox\n")], ..Default::default() },
-        "hostname" => Output { chunks: vec![out("sandbox\n")], ..Default::default() },
+        "pwd" => Output {
+            chunks: vec![out(format!("{}\n", if workdir.is_empty() { "/sandbox" } else { workdir }))],
+            ..Default::default()
+        },
+        "whoami" | "hostname" => Output { chunks: vec![out("sandbox\n")], ..Default::default() },
         "uname" => Output { chunks: vec![out("Linux\n")], ..Default::default() },
-        "cat" if args.is_empty() => Output { chunks: vec![Chunk::Stdout(stdin.to_vec())], ..Default::default() },
+        "cat" if args.is_empty() => Output { chunks: vec![Chunk::Stdout(input.to_vec())], ..Default::default() },
         "cat" => {
             let mut chunks = Vec::new();
             let mut code = 0;
             for path in args {
-                match FILES.iter().find(|(p, _)| p == path) {
-                    Some((_, body)) => chunks.push(out(*body)),
-                    None => {
-                        chunks.push(err(format!("cat: {path}: No such file or directory\n")));
-                        code = 1;
-                    }
+                if let Some((_, body)) = FILES.iter().find(|(p, _)| p == path) {
+                    chunks.push(out(*body));
+                } else {
+                    chunks.push(err(format!("cat: {path}: No such file or directory\n")));
+                    code = 1;
                 }
             }
             Output { chunks, exit_code: code, ..Default::default() }
@@ -104,8 +106,12 @@ pub(crate) fn run(argv: &[String], env: &BTreeMap<String, String>, workdir: &str
         "ls" => {
             let dir = args.iter().find(|a| !a.starts_with('-')).map_or("/sandbox", String::as_str);
             let prefix = format!("{}/", dir.trim_end_matches('/'));
-            let names: Vec<&str> = FILES.iter().filter_map(|(p, _)| p.strip_prefix(&prefix)).filter(|n| !n.contains('/')).collect();
-            Output { chunks: vec![out(names.iter().map(|n| format!("{n}\n")).collect::<String>())], ..Default::default() }
+            let names: Vec<&str> =
+                FILES.iter().filter_map(|(p, _)| p.strip_prefix(&prefix)).filter(|n| !n.contains('/')).collect();
+            Output {
+                chunks: vec![out(names.iter().flat_map(|n| [*n, "\n"]).collect::<String>())],
+                ..Default::default()
+            }
         }
         "seq" => {
             let n: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(0).min(1_000_000);
@@ -117,9 +123,15 @@ pub(crate) fn run(argv: &[String], env: &BTreeMap<String, String>, workdir: &str
             Output { chunks: vec![out(s)], ..Default::default() }
         }
         // Writes to both streams: lets clients check they keep them apart.
-        "stderr" => Output { chunks: vec![out("to stdout\n"), err(format!("{}\n", args.join(" ")))], exit_code: 3, ..Default::default() },
+        "stderr" => Output {
+            chunks: vec![out("to stdout\n"), err(format!("{}\n", args.join(" ")))],
+            exit_code: 3,
+            ..Default::default()
+        },
         _ => Output {
-            chunks: vec![err(format!("sim: {name}: command not found (openshell-sim runs a small built-in command set)\n"))],
+            chunks: vec![err(format!(
+                "sim: {name}: command not found (openshell-sim runs a small built-in command set)\n"
+            ))],
             exit_code: 127,
             ..Default::default()
         },

@@ -85,7 +85,7 @@ impl std::fmt::Debug for Faults {
 impl Faults {
     pub(crate) fn new(version: &str) -> Self {
         let f = Self::default();
-        *f.version.lock().unwrap() = version.to_owned();
+        version.clone_into(&mut f.version.lock().unwrap());
         f
     }
 

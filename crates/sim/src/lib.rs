@@ -116,9 +116,7 @@ impl Sim {
         }));
         let kill: KillSwitch = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
 
-        let mut builder = Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .tcp_nodelay(true);
+        let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30))).tcp_nodelay(true);
         match &config.tls {
             SimTls::Mtls(pki) => {
                 builder = builder.tls_config(
@@ -128,8 +126,9 @@ impl Sim {
                 )?;
             }
             SimTls::Tls(pki) => {
-                builder = builder
-                    .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&pki.server.cert_pem, &pki.server.key_pem)))?;
+                builder = builder.tls_config(
+                    ServerTlsConfig::new().identity(Identity::from_pem(&pki.server.cert_pem, &pki.server.key_pem)),
+                )?;
             }
             SimTls::Plaintext => {}
         }
@@ -220,8 +219,17 @@ impl Sim {
 
     /// An agent in `sandbox` was denied `host:port`: becomes (or bumps) a
     /// pending draft chunk. Returns the chunk id.
-    pub fn inject_denial(&self, workspace: &str, sandbox: &str, host: &str, port: u32, binary: &str) -> anyhow::Result<String> {
-        self.service.inject_denial(workspace, sandbox, host, port, binary).map_err(|s| anyhow::anyhow!("{}", s.message()))
+    pub fn inject_denial(
+        &self,
+        workspace: &str,
+        sandbox: &str,
+        host: &str,
+        port: u32,
+        binary: &str,
+    ) -> anyhow::Result<String> {
+        self.service
+            .inject_denial(workspace, sandbox, host, port, binary)
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))
     }
 
     /// Creates `n` sandboxes named `sim-0000`, `sim-0001`, ... through the
@@ -237,9 +245,18 @@ impl Sim {
                 }),
                 ..Default::default()
             };
-            self.service.create_sandbox(tonic::Request::new(req)).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            self.service
+                .create_sandbox(tonic::Request::new(req))
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
         }
         Ok(())
+    }
+
+    /// Open WatchSandbox streams (each holds one event subscription).
+    #[must_use]
+    pub fn active_watchers(&self) -> usize {
+        self.service.0.events.receiver_count()
     }
 
     /// Number of sandboxes in all workspaces.

@@ -100,9 +100,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         TlsMode::Plaintext => SimTls::Plaintext,
         mode => {
             let Some(dir) = &args.tls_dir else {
-                bail!("--tls-mode {} needs --tls-dir DIR (certificates are written there, or read if present)", format!("{mode:?}").to_lowercase());
+                bail!(
+                    "--tls-mode {} needs --tls-dir DIR (certificates are written there, or read if present)",
+                    format!("{mode:?}").to_lowercase()
+                );
             };
-            let pki = SimPki::load_or_mint(dir, &args.sans).with_context(|| format!("preparing certificates in {}", dir.display()))?;
+            let pki = SimPki::load_or_mint(dir, &args.sans)
+                .with_context(|| format!("preparing certificates in {}", dir.display()))?;
             if matches!(mode, TlsMode::Mtls) { SimTls::Mtls(pki) } else { SimTls::Tls(pki) }
         }
     };

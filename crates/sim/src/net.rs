@@ -24,10 +24,9 @@ impl KillableStream {
 
     fn check(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.killed.poll_unpin(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "simulated gateway outage",
-            ))),
+            Poll::Ready(()) => {
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "simulated gateway outage")))
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -23,7 +23,10 @@ fn profile(
             auth_style: "bearer".into(),
             ..Default::default()
         }],
-        endpoints: hosts.iter().map(|h| sb::NetworkEndpoint { host: (*h).into(), port: 443, ..Default::default() }).collect(),
+        endpoints: hosts
+            .iter()
+            .map(|h| sb::NetworkEndpoint { host: (*h).into(), port: 443, ..Default::default() })
+            .collect(),
         inference_capable: inference,
         resource_version: 1,
         source: "builtin".into(),

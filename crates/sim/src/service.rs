@@ -54,7 +54,11 @@ impl Default for Timing {
 /// Something watchers may want to hear about.
 #[derive(Clone, Debug)]
 pub(crate) enum SimEvent {
-    Payload { sandbox_id: String, payload: v1::sandbox_stream_event::Payload },
+    Payload {
+        sandbox_id: String,
+        // Boxed: a full sandbox snapshot dwarfs the other variants.
+        payload: Box<v1::sandbox_stream_event::Payload>,
+    },
     /// The sandbox no longer exists: its watch streams end.
     Gone { sandbox_id: String },
     /// The simulated gateway restarted: every stream ends.
@@ -119,7 +123,11 @@ fn valid_name(field: &str, name: &str) -> Result<(), Status> {
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
-    if ok { Ok(()) } else { Err(invalid(field, "must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(field, "must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'"))
+    }
 }
 
 fn parse_selector(raw: &str) -> Result<Vec<(String, String)>, Status> {
@@ -158,9 +166,9 @@ fn level_rank(level: &str) -> u8 {
     match level.to_ascii_lowercase().as_str() {
         "trace" => 0,
         "debug" => 1,
-        "info" => 2,
         "warn" | "warning" => 3,
         "error" => 4,
+        // "info" and anything unknown: a line we cannot rank is not hidden.
         _ => 2,
     }
 }
@@ -205,7 +213,7 @@ impl SimService {
 
     fn emit(&self, sandbox_id: &str, payload: v1::sandbox_stream_event::Payload) {
         // No receivers is normal: nobody is watching.
-        let _ = self.0.events.send(SimEvent::Payload { sandbox_id: sandbox_id.to_owned(), payload });
+        let _ = self.0.events.send(SimEvent::Payload { sandbox_id: sandbox_id.to_owned(), payload: Box::new(payload) });
     }
 
     fn emit_sandbox(&self, rec: &SandboxRec) {
@@ -245,7 +253,9 @@ impl SimService {
 
     fn fire(&self, key: &(String, String), generation: u64, t: Transition) {
         let mut st = lock(&self.0);
-        let Some(rec) = st.sandboxes.get_mut(key) else { return };
+        let Some(rec) = st.sandboxes.get_mut(key) else {
+            return;
+        };
         // Policy loads are not tied to lifecycle generations.
         if !matches!(t, Transition::LoadPolicy(_)) && rec.generation != generation {
             return;
@@ -297,12 +307,18 @@ impl SimService {
             return;
         }
         let reject = self.0.faults.reject_hosts();
-        let Some(idx) = rec.revisions.iter().position(|r| r.version == version) else { return };
+        let Some(idx) = rec.revisions.iter().position(|r| r.version == version) else {
+            return;
+        };
         if rec.revisions[idx].status != v1::PolicyStatus::Pending as i32 {
             return;
         }
         let bad_host = rec.revisions[idx].policy.as_ref().and_then(|p| {
-            p.network_policies.values().flat_map(|r| &r.endpoints).find(|e| reject.contains(&e.host)).map(|e| e.host.clone())
+            p.network_policies
+                .values()
+                .flat_map(|r| &r.endpoints)
+                .find(|e| reject.contains(&e.host))
+                .map(|e| e.host.clone())
         });
         if let Some(host) = bad_host {
             let rev = &mut rec.revisions[idx];
@@ -372,7 +388,14 @@ impl SimService {
 
     /// Turns a denied connection into a pending draft chunk (or bumps the hit
     /// count of the chunk that already proposes it). Returns the chunk id.
-    pub(crate) fn inject_denial(&self, ws: &str, sandbox: &str, host: &str, port: u32, binary: &str) -> Result<String, Status> {
+    pub(crate) fn inject_denial(
+        &self,
+        ws: &str,
+        sandbox: &str,
+        host: &str,
+        port: u32,
+        binary: &str,
+    ) -> Result<String, Status> {
         let key = (ws.to_owned(), sandbox.to_owned());
         let auto = {
             let st = lock(&self.0);
@@ -385,7 +408,9 @@ impl SimService {
         if let Some(c) = rec.chunks.iter_mut().find(|c| {
             c.status == "pending"
                 && c.binary == binary
-                && c.proposed_rule.as_ref().is_some_and(|r| r.endpoints.iter().any(|e| e.host == host && e.port == port))
+                && c.proposed_rule
+                    .as_ref()
+                    .is_some_and(|r| r.endpoints.iter().any(|e| e.host == host && e.port == port))
         }) {
             c.hit_count += 1;
             c.last_seen_time = Some(now());
@@ -431,7 +456,13 @@ impl SimService {
         self.draft_notice(rec, 1, format!("new proposal for {host}:{port}"));
         if auto && notes.is_empty() {
             // The gateway decides by itself; history says so.
-            self.approve_locked(&mut st, &key, &id, None, "auto-approved by the gateway (proposal_approval_mode=auto)")?;
+            self.approve_locked(
+                &mut st,
+                &key,
+                &id,
+                None,
+                "auto-approved by the gateway (proposal_approval_mode=auto)",
+            )?;
         }
         Ok(id)
     }
@@ -453,7 +484,10 @@ impl SimService {
             .find(|c| c.id == chunk_id)
             .ok_or_else(|| Status::not_found(format!("chunk {chunk_id} not found")))?;
         if chunk.status != "pending" {
-            return Err(precondition("CHUNK_NOT_PENDING", &format!("chunk {chunk_id} is {}, not pending", chunk.status)));
+            return Err(precondition(
+                "CHUNK_NOT_PENDING",
+                &format!("chunk {chunk_id} is {}, not pending", chunk.status),
+            ));
         }
         if let Some(t) = token {
             if t.is_empty() {
@@ -551,7 +585,10 @@ impl OpenShell for SimService {
         let mut spec = req.spec.unwrap_or_default();
         for p in &spec.providers {
             if !st.providers.contains_key(&(ws.clone(), p.clone())) {
-                return Err(precondition("PROVIDER_NOT_FOUND", &format!("provider {p:?} not found in workspace {ws:?}")));
+                return Err(precondition(
+                    "PROVIDER_NOT_FOUND",
+                    &format!("provider {p:?} not found in workspace {ws:?}"),
+                ));
             }
         }
         let mut policy = spec.policy.take().unwrap_or_else(default_policy);
@@ -604,8 +641,12 @@ impl OpenShell for SimService {
         st.remember(&req.request_id, &resp);
         drop(st);
         match self.0.faults.provisioning() {
-            ProvisioningMode::Normal => self.schedule(key, generation, self.0.timing.ready_delay, Transition::BecomeReady),
-            ProvisioningMode::Fail => self.schedule(key, generation, self.0.timing.ready_delay, Transition::FailProvisioning),
+            ProvisioningMode::Normal => {
+                self.schedule(key, generation, self.0.timing.ready_delay, Transition::BecomeReady);
+            }
+            ProvisioningMode::Fail => {
+                self.schedule(key, generation, self.0.timing.ready_delay, Transition::FailProvisioning);
+            }
             ProvisioningMode::Hang => {}
         }
         Ok(Response::new(resp))
@@ -685,7 +726,9 @@ impl OpenShell for SimService {
         let rec = st.sandbox_mut(&ws, &req.name)?;
         match rec.phase() {
             v1::SandboxPhase::Ready => {}
-            v1::SandboxPhase::Stopped | v1::SandboxPhase::Stopping => return Ok(Response::new(Self::sandbox_response(rec))),
+            v1::SandboxPhase::Stopped | v1::SandboxPhase::Stopping => {
+                return Ok(Response::new(Self::sandbox_response(rec)));
+            }
             other => {
                 return Err(precondition(
                     "SANDBOX_NOT_RUNNING",
@@ -714,7 +757,9 @@ impl OpenShell for SimService {
         let rec = st.sandbox_mut(&ws, &req.name)?;
         match rec.phase() {
             v1::SandboxPhase::Stopped => {}
-            v1::SandboxPhase::Ready | v1::SandboxPhase::Starting => return Ok(Response::new(Self::sandbox_response(rec))),
+            v1::SandboxPhase::Ready | v1::SandboxPhase::Starting => {
+                return Ok(Response::new(Self::sandbox_response(rec)));
+            }
             other => {
                 return Err(precondition(
                     "SANDBOX_NOT_STOPPED",
@@ -810,11 +855,19 @@ impl OpenShell for SimService {
                 }
                 if limit.is_some_and(|l| l < output.sleep) {
                     let msg = b"command timed out\n".to_vec();
-                    let _ = tx.send(Ok(v1::ExecSandboxEvent { payload: Some(Payload::Stderr(v1::ExecSandboxStderr { data: msg })) })).await;
+                    let _ = tx
+                        .send(Ok(v1::ExecSandboxEvent {
+                            payload: Some(Payload::Stderr(v1::ExecSandboxStderr { data: msg })),
+                        }))
+                        .await;
                     code = 124;
                 }
             }
-            let _ = tx.send(Ok(v1::ExecSandboxEvent { payload: Some(Payload::Exit(v1::ExecSandboxExit { exit_code: code })) })).await;
+            let _ = tx
+                .send(Ok(v1::ExecSandboxEvent {
+                    payload: Some(Payload::Exit(v1::ExecSandboxExit { exit_code: code })),
+                }))
+                .await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -894,14 +947,13 @@ impl OpenShell for SimService {
                     e = events.recv() => e,
                 };
                 let payload = match event {
-                    Ok(SimEvent::Payload { sandbox_id, payload }) if sandbox_id == id => payload,
+                    Ok(SimEvent::Payload { sandbox_id, payload }) if sandbox_id == id => *payload,
                     Ok(SimEvent::Gone { sandbox_id }) if sandbox_id == id => return,
-                    Ok(SimEvent::Reset) => return,
+                    Ok(SimEvent::Reset) | Err(broadcast::error::RecvError::Closed) => return,
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(n)) => Payload::Warning(v1::SandboxStreamWarning {
                         message: format!("{n} events were dropped because the watcher fell behind"),
                     }),
-                    Err(broadcast::error::RecvError::Closed) => return,
                 };
                 let wanted = match &payload {
                     Payload::Sandbox(_) => req.follow_status,
@@ -978,8 +1030,12 @@ impl OpenShell for SimService {
         let st = lock(&self.0);
         let scope = list_scope(&st, req.workspace_scope.as_ref())?;
         let (offset, size) = page_bounds(req.page_size, &req.page_token)?;
-        let all: Vec<_> =
-            st.providers.iter().filter(|((ws, _), _)| scope.as_ref().is_none_or(|s| s == ws)).map(|(_, p)| redacted(&p.provider)).collect();
+        let all: Vec<_> = st
+            .providers
+            .iter()
+            .filter(|((ws, _), _)| scope.as_ref().is_none_or(|s| s == ws))
+            .map(|(_, p)| redacted(&p.provider))
+            .collect();
         let total = all.len();
         Ok(Response::new(v1::ListProvidersResponse {
             providers: all.into_iter().skip(offset).take(size).collect(),
@@ -1020,7 +1076,11 @@ impl OpenShell for SimService {
             rec.provider.r#type = update.r#type;
         }
         rec.provider.metadata.get_or_insert_with(Default::default).resource_version = rv;
-        let resp = v1::ProviderResponse { provider: Some(redacted(&rec.provider)), target_receipts: vec![], mutation_id: uuid() };
+        let resp = v1::ProviderResponse {
+            provider: Some(redacted(&rec.provider)),
+            target_receipts: vec![],
+            mutation_id: uuid(),
+        };
         // Provider changes refresh the candidates of pending chunks.
         for s in st.sandboxes.values_mut() {
             s.refresh_review_tokens();
@@ -1037,7 +1097,9 @@ impl OpenShell for SimService {
         let key = (ws.clone(), req.name.clone());
         if !st.providers.contains_key(&key) {
             if req.allow_missing {
-                return Ok(Response::new(v1::DeleteProviderResponse { outcome: v1::DeletionOutcome::AlreadyAbsent as i32 }));
+                return Ok(Response::new(v1::DeleteProviderResponse {
+                    outcome: v1::DeletionOutcome::AlreadyAbsent as i32,
+                }));
             }
             return Err(Status::not_found(format!("provider {:?} not found in workspace {ws:?}", req.name)));
         }
@@ -1052,7 +1114,10 @@ impl OpenShell for SimService {
         Ok(Response::new(v1::DeleteProviderResponse { outcome: v1::DeletionOutcome::Completed as i32 }))
     }
 
-    async fn list_provider_profiles(&self, r: Request<v1::ListProviderProfilesRequest>) -> Res<v1::ListProviderProfilesResponse> {
+    async fn list_provider_profiles(
+        &self,
+        r: Request<v1::ListProviderProfilesRequest>,
+    ) -> Res<v1::ListProviderProfilesResponse> {
         self.enter("ListProviderProfiles").await?;
         let req = r.into_inner();
         let (offset, size) = page_bounds(req.page_size, &req.page_token)?;
@@ -1064,7 +1129,10 @@ impl OpenShell for SimService {
         }))
     }
 
-    async fn get_provider_profile(&self, r: Request<v1::GetProviderProfileRequest>) -> Res<v1::ProviderProfileResponse> {
+    async fn get_provider_profile(
+        &self,
+        r: Request<v1::GetProviderProfileRequest>,
+    ) -> Res<v1::ProviderProfileResponse> {
         self.enter("GetProviderProfile").await?;
         let id = r.into_inner().id;
         let profile = crate::profiles::builtin()
@@ -1074,7 +1142,10 @@ impl OpenShell for SimService {
         Ok(Response::new(v1::ProviderProfileResponse { profile: Some(profile) }))
     }
 
-    async fn list_sandbox_providers(&self, r: Request<v1::ListSandboxProvidersRequest>) -> Res<v1::ListSandboxProvidersResponse> {
+    async fn list_sandbox_providers(
+        &self,
+        r: Request<v1::ListSandboxProvidersRequest>,
+    ) -> Res<v1::ListSandboxProvidersResponse> {
         self.enter("ListSandboxProviders").await?;
         let req = r.into_inner();
         let st = lock(&self.0);
@@ -1082,8 +1153,11 @@ impl OpenShell for SimService {
         let rec = st.sandbox(&ws, &req.sandbox)?;
         let names = rec.sandbox.spec.as_ref().map(|s| s.providers.clone()).unwrap_or_default();
         let (offset, size) = page_bounds(req.page_size, &req.page_token)?;
-        let all: Vec<_> =
-            names.iter().filter_map(|n| st.providers.get(&(ws.clone(), n.clone()))).map(|p| redacted(&p.provider)).collect();
+        let all: Vec<_> = names
+            .iter()
+            .filter_map(|n| st.providers.get(&(ws.clone(), n.clone())))
+            .map(|p| redacted(&p.provider))
+            .collect();
         let total = all.len();
         Ok(Response::new(v1::ListSandboxProvidersResponse {
             providers: all.into_iter().skip(offset).take(size).collect(),
@@ -1091,7 +1165,10 @@ impl OpenShell for SimService {
         }))
     }
 
-    async fn attach_sandbox_provider(&self, r: Request<v1::AttachSandboxProviderRequest>) -> Res<v1::AttachSandboxProviderResponse> {
+    async fn attach_sandbox_provider(
+        &self,
+        r: Request<v1::AttachSandboxProviderRequest>,
+    ) -> Res<v1::AttachSandboxProviderResponse> {
         self.enter("AttachSandboxProvider").await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
@@ -1121,7 +1198,10 @@ impl OpenShell for SimService {
         Ok(Response::new(resp))
     }
 
-    async fn detach_sandbox_provider(&self, r: Request<v1::DetachSandboxProviderRequest>) -> Res<v1::DetachSandboxProviderResponse> {
+    async fn detach_sandbox_provider(
+        &self,
+        r: Request<v1::DetachSandboxProviderRequest>,
+    ) -> Res<v1::DetachSandboxProviderResponse> {
         self.enter("DetachSandboxProvider").await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
@@ -1161,10 +1241,15 @@ impl OpenShell for SimService {
         let mut settings: HashMap<String, sb::EffectiveSetting> = st
             .gateway_settings
             .iter()
-            .map(|(k, v)| (k.clone(), sb::EffectiveSetting { value: Some(v.clone()), scope: sb::SettingScope::Global as i32 }))
+            .map(|(k, v)| {
+                (k.clone(), sb::EffectiveSetting { value: Some(v.clone()), scope: sb::SettingScope::Global as i32 })
+            })
             .collect();
         for (k, v) in &rec.settings {
-            settings.insert(k.clone(), sb::EffectiveSetting { value: Some(v.clone()), scope: sb::SettingScope::Sandbox as i32 });
+            settings.insert(
+                k.clone(),
+                sb::EffectiveSetting { value: Some(v.clone()), scope: sb::SettingScope::Sandbox as i32 },
+            );
         }
         Ok(Response::new(sb::GetSandboxConfigResponse {
             policy: active.policy.clone(),
@@ -1205,7 +1290,10 @@ impl OpenShell for SimService {
         }
         if req.global || req.sandbox.is_empty() {
             if wants_policy {
-                return Err(precondition("GLOBAL_POLICY_UNSUPPORTED", "global policies are not supported by openshell-sim"));
+                return Err(precondition(
+                    "GLOBAL_POLICY_UNSUPPORTED",
+                    "global policies are not supported by openshell-sim",
+                ));
             }
             if req.setting_key.is_empty() {
                 return Err(invalid("sandbox", "sandbox is required unless global is set"));
@@ -1214,16 +1302,14 @@ impl OpenShell for SimService {
             let deleted = if req.delete_setting {
                 st.gateway_settings.remove(&req.setting_key).is_some()
             } else {
-                let v = req.setting_value.clone().ok_or_else(|| invalid("setting_value", "setting_value is required"))?;
+                let v =
+                    req.setting_value.clone().ok_or_else(|| invalid("setting_value", "setting_value is required"))?;
                 st.gateway_settings.insert(req.setting_key.clone(), v);
                 false
             };
             st.settings_revision += 1;
-            let resp = v1::UpdateConfigResponse {
-                settings_revision: st.settings_revision,
-                deleted,
-                ..Default::default()
-            };
+            let resp =
+                v1::UpdateConfigResponse { settings_revision: st.settings_revision, deleted, ..Default::default() };
             st.remember(&req.request_id, &resp);
             return Ok(Response::new(resp));
         }
@@ -1241,7 +1327,8 @@ impl OpenShell for SimService {
             let deleted = if req.delete_setting {
                 rec.settings.remove(&req.setting_key).is_some()
             } else {
-                let v = req.setting_value.clone().ok_or_else(|| invalid("setting_value", "setting_value is required"))?;
+                let v =
+                    req.setting_value.clone().ok_or_else(|| invalid("setting_value", "setting_value is required"))?;
                 rec.settings.insert(req.setting_key.clone(), v);
                 false
             };
@@ -1267,13 +1354,13 @@ impl OpenShell for SimService {
             None => apply_merge(&base, &req.merge_operations)?,
         };
         validate_policy(&new_policy)?;
-        if rec.phase() != v1::SandboxPhase::Provisioning {
-            if let Some(section) = locked_section_change(&base, &new_policy) {
-                return Err(precondition(
-                    "IMMUTABLE_POLICY_SECTION",
-                    &format!("the {section} section cannot change on a live sandbox; recreate the sandbox to change it"),
-                ));
-            }
+        if rec.phase() != v1::SandboxPhase::Provisioning
+            && let Some(section) = locked_section_change(&base, &new_policy)
+        {
+            return Err(precondition(
+                "IMMUTABLE_POLICY_SECTION",
+                &format!("the {section} section cannot change on a live sandbox; recreate the sandbox to change it"),
+            ));
         }
         let (version, hash) = self.commit_policy(&mut st, &key, new_policy);
         let resp = v1::UpdateConfigResponse {
@@ -1287,7 +1374,10 @@ impl OpenShell for SimService {
         Ok(Response::new(resp))
     }
 
-    async fn get_sandbox_policy_status(&self, r: Request<v1::GetSandboxPolicyStatusRequest>) -> Res<v1::GetSandboxPolicyStatusResponse> {
+    async fn get_sandbox_policy_status(
+        &self,
+        r: Request<v1::GetSandboxPolicyStatusRequest>,
+    ) -> Res<v1::GetSandboxPolicyStatusResponse> {
         self.enter("GetSandboxPolicyStatus").await?;
         let req = r.into_inner();
         let st = lock(&self.0);
@@ -1307,7 +1397,10 @@ impl OpenShell for SimService {
         Ok(Response::new(v1::GetSandboxPolicyStatusResponse { revision: Some(revision), active_version }))
     }
 
-    async fn list_sandbox_policies(&self, r: Request<v1::ListSandboxPoliciesRequest>) -> Res<v1::ListSandboxPoliciesResponse> {
+    async fn list_sandbox_policies(
+        &self,
+        r: Request<v1::ListSandboxPoliciesRequest>,
+    ) -> Res<v1::ListSandboxPoliciesResponse> {
         self.enter("ListSandboxPolicies").await?;
         let req = r.into_inner();
         let st = lock(&self.0);
@@ -1329,8 +1422,12 @@ impl OpenShell for SimService {
         let st = lock(&self.0);
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
         let rec = st.sandbox(&ws, &req.sandbox)?;
-        let chunks: Vec<_> =
-            rec.chunks.iter().filter(|c| req.status_filter.is_empty() || c.status == req.status_filter).cloned().collect();
+        let chunks: Vec<_> = rec
+            .chunks
+            .iter()
+            .filter(|c| req.status_filter.is_empty() || c.status == req.status_filter)
+            .cloned()
+            .collect();
         let pending = rec.chunks.iter().filter(|c| c.status == "pending").count();
         Ok(Response::new(v1::GetDraftPolicyResponse {
             chunks,
@@ -1340,7 +1437,10 @@ impl OpenShell for SimService {
         }))
     }
 
-    async fn approve_draft_chunk(&self, r: Request<v1::ApproveDraftChunkRequest>) -> Res<v1::ApproveDraftChunkResponse> {
+    async fn approve_draft_chunk(
+        &self,
+        r: Request<v1::ApproveDraftChunkRequest>,
+    ) -> Res<v1::ApproveDraftChunkResponse> {
         self.enter("ApproveDraftChunk").await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
@@ -1369,18 +1469,28 @@ impl OpenShell for SimService {
             .find(|c| c.id == req.chunk_id)
             .ok_or_else(|| Status::not_found(format!("chunk {} not found", req.chunk_id)))?;
         if chunk.status != "pending" {
-            return Err(precondition("CHUNK_NOT_PENDING", &format!("chunk {} is {}, not pending", req.chunk_id, chunk.status)));
+            return Err(precondition(
+                "CHUNK_NOT_PENDING",
+                &format!("chunk {} is {}, not pending", req.chunk_id, chunk.status),
+            ));
         }
         "rejected".clone_into(&mut chunk.status);
         chunk.rejection_reason.clone_from(&req.reason);
         chunk.decided_time = Some(now());
         rec.draft_version += 1;
-        rec.history("rejected", if req.reason.is_empty() { "rejected".into() } else { format!("rejected: {}", req.reason) }, &req.chunk_id);
+        rec.history(
+            "rejected",
+            if req.reason.is_empty() { "rejected".into() } else { format!("rejected: {}", req.reason) },
+            &req.chunk_id,
+        );
         self.draft_notice(rec, 0, format!("chunk {} rejected", req.chunk_id));
         Ok(Response::new(v1::RejectDraftChunkResponse {}))
     }
 
-    async fn approve_all_draft_chunks(&self, r: Request<v1::ApproveAllDraftChunksRequest>) -> Res<v1::ApproveAllDraftChunksResponse> {
+    async fn approve_all_draft_chunks(
+        &self,
+        r: Request<v1::ApproveAllDraftChunksRequest>,
+    ) -> Res<v1::ApproveAllDraftChunksResponse> {
         self.enter("ApproveAllDraftChunks").await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
@@ -1397,7 +1507,10 @@ impl OpenShell for SimService {
                 match req.approvals.iter().find(|a| a.chunk_id == c.id) {
                     None => continue,
                     Some(a) if a.review_token != c.review_token => {
-                        return Err(precondition("STALE_REVIEW_TOKEN", &format!("review token for chunk {} is stale", c.id)));
+                        return Err(precondition(
+                            "STALE_REVIEW_TOKEN",
+                            &format!("review token for chunk {} is stale", c.id),
+                        ));
                     }
                     Some(_) => {}
                 }
@@ -1453,7 +1566,10 @@ impl OpenShell for SimService {
             .find(|c| c.id == req.chunk_id)
             .ok_or_else(|| Status::not_found(format!("chunk {} not found", req.chunk_id)))?;
         if chunk.status != "pending" {
-            return Err(precondition("CHUNK_NOT_PENDING", &format!("chunk {} is {}, not pending", req.chunk_id, chunk.status)));
+            return Err(precondition(
+                "CHUNK_NOT_PENDING",
+                &format!("chunk {} is {}, not pending", req.chunk_id, chunk.status),
+            ));
         }
         chunk.rule_name.clone_from(&rule.name);
         chunk.proposed_rule = Some(rule);
@@ -1481,7 +1597,10 @@ impl OpenShell for SimService {
             .find(|c| c.id == req.chunk_id)
             .ok_or_else(|| Status::not_found(format!("chunk {} not found", req.chunk_id)))?;
         if chunk.status != "approved" {
-            return Err(precondition("CHUNK_NOT_APPROVED", &format!("chunk {} is {}, only approved chunks can be undone", req.chunk_id, chunk.status)));
+            return Err(precondition(
+                "CHUNK_NOT_APPROVED",
+                &format!("chunk {} is {}, only approved chunks can be undone", req.chunk_id, chunk.status),
+            ));
         }
         let rule = chunk.proposed_rule.clone().unwrap_or_default();
         let policy = without_rule(&rec.latest().policy.clone().unwrap_or_default(), &rule);
@@ -1579,7 +1698,9 @@ impl OpenShell for SimService {
         let mut st = lock(&self.0);
         if !st.workspaces.contains_key(&req.name) {
             if req.allow_missing {
-                return Ok(Response::new(v1::DeleteWorkspaceResponse { outcome: v1::DeletionOutcome::AlreadyAbsent as i32 }));
+                return Ok(Response::new(v1::DeleteWorkspaceResponse {
+                    outcome: v1::DeletionOutcome::AlreadyAbsent as i32,
+                }));
             }
             return Err(Status::not_found(format!("workspace {:?} not found", req.name)));
         }
@@ -1595,57 +1716,90 @@ impl OpenShell for SimService {
 
     // ------------------------------------------------------------ supervisor-only
 
-    async fn get_provider_credentials(&self, _r: Request<v1::GetProviderCredentialsRequest>) -> Res<v1::GetProviderCredentialsResponse> {
+    async fn get_provider_credentials(
+        &self,
+        _r: Request<v1::GetProviderCredentialsRequest>,
+    ) -> Res<v1::GetProviderCredentialsResponse> {
         self.enter("GetProviderCredentials").await?;
         Err(Status::permission_denied("this method requires a verified operator certificate"))
     }
 
-    async fn report_policy_status(&self, _r: Request<v1::ReportPolicyStatusRequest>) -> Res<v1::ReportPolicyStatusResponse> {
+    async fn report_policy_status(
+        &self,
+        _r: Request<v1::ReportPolicyStatusRequest>,
+    ) -> Res<v1::ReportPolicyStatusResponse> {
         self.enter("ReportPolicyStatus").await?;
         Err(sandbox_only())
     }
 
-    async fn report_endpoint_status(&self, _r: Request<v1::ReportEndpointStatusRequest>) -> Res<v1::ReportEndpointStatusResponse> {
+    async fn report_endpoint_status(
+        &self,
+        _r: Request<v1::ReportEndpointStatusRequest>,
+    ) -> Res<v1::ReportEndpointStatusResponse> {
         self.enter("ReportEndpointStatus").await?;
         Err(sandbox_only())
     }
 
-    async fn report_provider_readiness(&self, _r: Request<v1::ReportProviderReadinessRequest>) -> Res<v1::ReportProviderReadinessResponse> {
+    async fn report_provider_readiness(
+        &self,
+        _r: Request<v1::ReportProviderReadinessRequest>,
+    ) -> Res<v1::ReportProviderReadinessResponse> {
         self.enter("ReportProviderReadiness").await?;
         Err(sandbox_only())
     }
 
-    async fn report_sandbox_configuration(&self, _r: Request<v1::ReportSandboxConfigurationRequest>) -> Res<v1::ReportSandboxConfigurationResponse> {
+    async fn report_sandbox_configuration(
+        &self,
+        _r: Request<v1::ReportSandboxConfigurationRequest>,
+    ) -> Res<v1::ReportSandboxConfigurationResponse> {
         self.enter("ReportSandboxConfiguration").await?;
         Err(sandbox_only())
     }
 
-    async fn get_sandbox_provider_environment(&self, _r: Request<v1::GetSandboxProviderEnvironmentRequest>) -> Res<v1::GetSandboxProviderEnvironmentResponse> {
+    async fn get_sandbox_provider_environment(
+        &self,
+        _r: Request<v1::GetSandboxProviderEnvironmentRequest>,
+    ) -> Res<v1::GetSandboxProviderEnvironmentResponse> {
         self.enter("GetSandboxProviderEnvironment").await?;
         Err(sandbox_only())
     }
 
-    async fn exchange_provider_subject_token(&self, _r: Request<v1::ExchangeProviderSubjectTokenRequest>) -> Res<v1::ExchangeProviderSubjectTokenResponse> {
+    async fn exchange_provider_subject_token(
+        &self,
+        _r: Request<v1::ExchangeProviderSubjectTokenRequest>,
+    ) -> Res<v1::ExchangeProviderSubjectTokenResponse> {
         self.enter("ExchangeProviderSubjectToken").await?;
         Err(sandbox_only())
     }
 
-    async fn push_sandbox_logs(&self, _r: Request<tonic::Streaming<v1::PushSandboxLogsRequest>>) -> Res<v1::PushSandboxLogsResponse> {
+    async fn push_sandbox_logs(
+        &self,
+        _r: Request<tonic::Streaming<v1::PushSandboxLogsRequest>>,
+    ) -> Res<v1::PushSandboxLogsResponse> {
         self.enter("PushSandboxLogs").await?;
         Err(sandbox_only())
     }
 
-    async fn connect_supervisor(&self, _r: Request<tonic::Streaming<v1::SupervisorMessage>>) -> Res<BoxStream<v1::GatewayMessage>> {
+    async fn connect_supervisor(
+        &self,
+        _r: Request<tonic::Streaming<v1::SupervisorMessage>>,
+    ) -> Res<BoxStream<v1::GatewayMessage>> {
         self.enter("ConnectSupervisor").await?;
         Err(sandbox_only())
     }
 
-    async fn report_main_process_exit(&self, _r: Request<v1::ReportMainProcessExitRequest>) -> Res<v1::ReportMainProcessExitResponse> {
+    async fn report_main_process_exit(
+        &self,
+        _r: Request<v1::ReportMainProcessExitRequest>,
+    ) -> Res<v1::ReportMainProcessExitResponse> {
         self.enter("ReportMainProcessExit").await?;
         Err(sandbox_only())
     }
 
-    async fn finalize_main_process_exit(&self, _r: Request<v1::FinalizeMainProcessExitRequest>) -> Res<v1::FinalizeMainProcessExitResponse> {
+    async fn finalize_main_process_exit(
+        &self,
+        _r: Request<v1::FinalizeMainProcessExitRequest>,
+    ) -> Res<v1::FinalizeMainProcessExitResponse> {
         self.enter("FinalizeMainProcessExit").await?;
         Err(sandbox_only())
     }
@@ -1655,17 +1809,26 @@ impl OpenShell for SimService {
         Err(sandbox_only())
     }
 
-    async fn submit_policy_analysis(&self, _r: Request<v1::SubmitPolicyAnalysisRequest>) -> Res<v1::SubmitPolicyAnalysisResponse> {
+    async fn submit_policy_analysis(
+        &self,
+        _r: Request<v1::SubmitPolicyAnalysisRequest>,
+    ) -> Res<v1::SubmitPolicyAnalysisResponse> {
         self.enter("SubmitPolicyAnalysis").await?;
         Err(sandbox_only())
     }
 
-    async fn issue_sandbox_token(&self, _r: Request<v1::IssueSandboxTokenRequest>) -> Res<v1::IssueSandboxTokenResponse> {
+    async fn issue_sandbox_token(
+        &self,
+        _r: Request<v1::IssueSandboxTokenRequest>,
+    ) -> Res<v1::IssueSandboxTokenResponse> {
         self.enter("IssueSandboxToken").await?;
         Err(sandbox_only())
     }
 
-    async fn refresh_sandbox_token(&self, _r: Request<v1::RefreshSandboxTokenRequest>) -> Res<v1::RefreshSandboxTokenResponse> {
+    async fn refresh_sandbox_token(
+        &self,
+        _r: Request<v1::RefreshSandboxTokenRequest>,
+    ) -> Res<v1::RefreshSandboxTokenResponse> {
         self.enter("RefreshSandboxToken").await?;
         Err(sandbox_only())
     }
@@ -1691,4 +1854,3 @@ impl SimService {
         f(&mut lock(&self.0))
     }
 }
-

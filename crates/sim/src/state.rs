@@ -108,7 +108,7 @@ impl SandboxRec {
         let current_hash = policy_hash(&current);
         for c in self.chunks.iter_mut().filter(|c| c.status == "pending") {
             c.review_token = uuid();
-            let candidate = c.proposed_rule.as_ref().map(|r| with_rule(&current, r)).unwrap_or_else(|| current.clone());
+            let candidate = c.proposed_rule.as_ref().map_or_else(|| current.clone(), |r| with_rule(&current, r));
             c.current_effective_policy_hash.clone_from(&current_hash);
             c.candidate_effective_policy_hash = policy_hash(&candidate);
             c.current_effective_policy = Some(current.clone());
@@ -212,10 +212,10 @@ impl State {
         if request_id.is_empty() {
             return;
         }
-        if self.idempotency_order.len() >= IDEMPOTENCY_CACHE {
-            if let Some(old) = self.idempotency_order.pop_front() {
-                self.idempotency.remove(&old);
-            }
+        if self.idempotency_order.len() >= IDEMPOTENCY_CACHE
+            && let Some(old) = self.idempotency_order.pop_front()
+        {
+            self.idempotency.remove(&old);
         }
         self.idempotency_order.push_back(request_id.to_owned());
         self.idempotency.insert(request_id.to_owned(), (Instant::now(), response.encode_to_vec()));
@@ -319,7 +319,10 @@ pub(crate) fn without_rule(policy: &sb::SandboxPolicy, rule: &sb::NetworkPolicyR
 }
 
 /// Applies merge operations in order.
-pub(crate) fn apply_merge(policy: &sb::SandboxPolicy, ops: &[v1::PolicyMergeOperation]) -> Result<sb::SandboxPolicy, Status> {
+pub(crate) fn apply_merge(
+    policy: &sb::SandboxPolicy,
+    ops: &[v1::PolicyMergeOperation],
+) -> Result<sb::SandboxPolicy, Status> {
     use v1::policy_merge_operation::Operation;
     let mut p = policy.clone();
     for (i, op) in ops.iter().enumerate() {
@@ -347,7 +350,10 @@ pub(crate) fn apply_merge(policy: &sb::SandboxPolicy, ops: &[v1::PolicyMergeOper
                 let before = rule.endpoints.len();
                 rule.endpoints.retain(|e| !(e.host == r.host && (r.port == 0 || e.port == r.port)));
                 if rule.endpoints.len() == before {
-                    return Err(Status::not_found(format!("endpoint {}:{} not found in {:?}", r.host, r.port, r.rule_name)));
+                    return Err(Status::not_found(format!(
+                        "endpoint {}:{} not found in {:?}",
+                        r.host, r.port, r.rule_name
+                    )));
                 }
                 if rule.endpoints.is_empty() {
                     p.network_policies.remove(&r.rule_name);
@@ -361,13 +367,15 @@ pub(crate) fn apply_merge(policy: &sb::SandboxPolicy, ops: &[v1::PolicyMergeOper
                 rule.binaries.retain(|b| b.path != r.binary_path);
             }
             Some(Operation::AddAllowRules(a)) => {
-                let target = a.target.as_ref().ok_or_else(|| errors::invalid(&field, "add_allow_rules needs a target"))?;
+                let target =
+                    a.target.as_ref().ok_or_else(|| errors::invalid(&field, "add_allow_rules needs a target"))?;
                 for e in target_endpoints(&mut p, target)? {
                     e.rules.extend(a.rules.iter().cloned());
                 }
             }
             Some(Operation::AddDenyRules(d)) => {
-                let target = d.target.as_ref().ok_or_else(|| errors::invalid(&field, "add_deny_rules needs a target"))?;
+                let target =
+                    d.target.as_ref().ok_or_else(|| errors::invalid(&field, "add_deny_rules needs a target"))?;
                 for e in target_endpoints(&mut p, target)? {
                     e.deny_rules.extend(d.deny_rules.iter().cloned());
                 }
@@ -453,7 +461,8 @@ pub(crate) fn locked_section_change(old: &sb::SandboxPolicy, new: &sb::SandboxPo
     if old.process != new.process {
         return Some("process");
     }
-    let tcp = |p: &sb::SandboxPolicy| p.network_policies.values().flat_map(|r| &r.endpoints).any(|e| e.protocol == "tcp");
+    let tcp =
+        |p: &sb::SandboxPolicy| p.network_policies.values().flat_map(|r| &r.endpoints).any(|e| e.protocol == "tcp");
     if !tcp(old) && tcp(new) {
         return Some("network (first protocol: tcp endpoint)");
     }
@@ -495,7 +504,9 @@ mod tests {
 
     #[test]
     fn validation_matches_the_gateway() {
-        for (host, ok) in [("*.com", false), ("*", false), ("**", false), ("*-api.example.com", true), ("**.example.com", true)] {
+        for (host, ok) in
+            [("*.com", false), ("*", false), ("**", false), ("*-api.example.com", true), ("**.example.com", true)]
+        {
             let mut p = default_policy();
             p.network_policies.insert("r".into(), rule("r", host, 443));
             assert_eq!(validate_policy(&p).is_ok(), ok, "{host}");

@@ -41,7 +41,7 @@ pub mod google {
 
 pub use openshell::datamodel::v1 as datamodel;
 pub use openshell::sandbox::v1 as sandbox;
-pub use openshell::v1 as v1;
+pub use openshell::v1;
 
 /// The compiled `FileDescriptorSet` of our protos, for conformance checks.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/openshell_descriptor.bin"));

@@ -208,12 +208,8 @@ fn network_endpoint_modes_are_enums_not_strings() {
 #[test]
 fn service_has_every_contract_method() {
     let set = FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap();
-    let service = set
-        .file
-        .iter()
-        .flat_map(|f| f.service.iter())
-        .find(|s| s.name() == "OpenShell")
-        .expect("OpenShell service");
+    let service =
+        set.file.iter().flat_map(|f| f.service.iter()).find(|s| s.name() == "OpenShell").expect("OpenShell service");
     assert_eq!(service.method.len(), 84, "the 0.1.5 service has 84 methods");
     let exec = service.method.iter().find(|m| m.name() == "ExecSandbox").unwrap();
     assert!(exec.server_streaming() && !exec.client_streaming());
