@@ -183,3 +183,17 @@ async fn bad_pem_is_a_config_error_not_a_crash() {
     assert_eq!(err.code(), "invalid_config");
     assert!(err.to_string().contains("CA certificate"), "{err}");
 }
+
+#[tokio::test]
+async fn bearer_tokens_ride_along_with_mtls() {
+    let sim = sim_with(SimTls::Mtls(SimPki::mint(&[]).unwrap()), "127.0.0.1:0").await;
+    sim.faults().require_bearer(Some("s3cret-token".into()));
+    let gw = GrpcGateway::connect(mtls_config(&sim)).await.unwrap();
+    assert!(gw.health().await.is_ok(), "Health is unauthenticated");
+    let err = gw.current_user().await.unwrap_err();
+    assert!(matches!(err, GatewayError::Unauthenticated { .. }), "{err:?}");
+    let mut config = mtls_config(&sim);
+    config.bearer_token = Some(Secret::new("s3cret-token"));
+    let gw = GrpcGateway::connect(config).await.unwrap();
+    assert_eq!(gw.current_user().await.unwrap().subject, "openshell-client");
+}

@@ -74,6 +74,8 @@ pub struct Faults {
     ssh_host_override: Mutex<Option<String>>,
     /// Revisions stay PENDING forever (for "never loads" tests).
     hold_policy_loads: AtomicBool,
+    /// When set, every call but Health needs `authorization: Bearer <token>`.
+    bearer_token: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Faults {
@@ -165,6 +167,12 @@ impl Faults {
         self.hold_policy_loads.load(Ordering::SeqCst)
     }
 
+    /// Requires `authorization: Bearer <token>` on every call but Health,
+    /// like a gateway with OIDC configured.
+    pub fn require_bearer(&self, token: Option<String>) {
+        *self.bearer_token.lock().unwrap() = token;
+    }
+
     /// How many times `method` was called (including failed calls).
     #[must_use]
     pub fn calls(&self, method: &str) -> u64 {
@@ -172,8 +180,20 @@ impl Faults {
     }
 
     /// Called at the start of every RPC: counts it, delays it, maybe fails it.
-    pub(crate) async fn enter(&self, method: &str) -> Result<(), tonic::Status> {
+    pub(crate) async fn enter(
+        &self,
+        method: &str,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<(), tonic::Status> {
         *self.calls.lock().unwrap().entry(method.to_owned()).or_default() += 1;
+        let required = self.bearer_token.lock().unwrap().clone();
+        if let Some(token) = required.filter(|_| method != "Health") {
+            let presented =
+                metadata.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+            if presented != Some(token.as_str()) {
+                return Err(tonic::Status::unauthenticated("a valid bearer token is required"));
+            }
+        }
         let latency = self.latency_ms.load(Ordering::Relaxed);
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;

@@ -69,6 +69,10 @@ struct Args {
     /// Create this many sandboxes at start (named sim-0000, sim-0001, ...).
     #[arg(long, default_value_t = 0)]
     seed_sandboxes: usize,
+    /// Require `authorization: Bearer TOKEN` on every call but Health (like a
+    /// gateway with OIDC configured).
+    #[arg(long, env = "OPENSHELL_SIM_BEARER_TOKEN", hide_env_values = true)]
+    bearer_token: Option<String>,
     /// Host handed out in SSH sessions (default: the listen IP).
     #[arg(long)]
     advertise_host: Option<String>,
@@ -129,6 +133,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         faults.set_failure_rate(*code, *rate);
     }
     faults.set_reject_hosts(args.reject_hosts.clone());
+    faults.require_bearer(args.bearer_token.clone());
     if args.seed_sandboxes > 0 {
         sim.seed_sandboxes("default", args.seed_sandboxes).await?;
         eprintln!("seeded {} sandboxes", args.seed_sandboxes);

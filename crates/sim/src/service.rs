@@ -207,8 +207,8 @@ fn security_notes(host: &str, port: u32) -> String {
 }
 
 impl SimService {
-    async fn enter(&self, method: &str) -> Result<(), Status> {
-        self.0.faults.enter(method).await
+    async fn enter(&self, method: &str, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        self.0.faults.enter(method, metadata).await
     }
 
     fn emit(&self, sandbox_id: &str, payload: v1::sandbox_stream_event::Payload) {
@@ -528,8 +528,8 @@ fn peer_subject(req: &Request<impl Sized>) -> Option<String> {
 
 #[tonic::async_trait]
 impl OpenShell for SimService {
-    async fn health(&self, _r: Request<v1::HealthRequest>) -> Res<v1::HealthResponse> {
-        self.enter("Health").await?;
+    async fn health(&self, r: Request<v1::HealthRequest>) -> Res<v1::HealthResponse> {
+        self.enter("Health", r.metadata()).await?;
         Ok(Response::new(v1::HealthResponse {
             status: v1::ServiceStatus::Healthy as i32,
             version: self.0.faults.version(),
@@ -537,7 +537,7 @@ impl OpenShell for SimService {
     }
 
     async fn get_current_user(&self, r: Request<v1::GetCurrentUserRequest>) -> Res<v1::GetCurrentUserResponse> {
-        self.enter("GetCurrentUser").await?;
+        self.enter("GetCurrentUser", r.metadata()).await?;
         let (subject, idp) = match peer_subject(&r) {
             Some(cn) => (cn, "mtls"),
             None => ("anonymous".to_owned(), "none"),
@@ -551,8 +551,8 @@ impl OpenShell for SimService {
         }))
     }
 
-    async fn get_gateway_info(&self, _r: Request<v1::GetGatewayInfoRequest>) -> Res<v1::GetGatewayInfoResponse> {
-        self.enter("GetGatewayInfo").await?;
+    async fn get_gateway_info(&self, r: Request<v1::GetGatewayInfoRequest>) -> Res<v1::GetGatewayInfoResponse> {
+        self.enter("GetGatewayInfo", r.metadata()).await?;
         Ok(Response::new(v1::GetGatewayInfoResponse {
             status: v1::ServiceStatus::Healthy as i32,
             gateway_version: self.0.faults.version(),
@@ -569,7 +569,7 @@ impl OpenShell for SimService {
     }
 
     async fn create_sandbox(&self, r: Request<v1::CreateSandboxRequest>) -> Res<v1::SandboxResponse> {
-        self.enter("CreateSandbox").await?;
+        self.enter("CreateSandbox", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         if let Some(done) = st.replay::<v1::SandboxResponse>(&req.request_id) {
@@ -653,7 +653,7 @@ impl OpenShell for SimService {
     }
 
     async fn get_sandbox(&self, r: Request<v1::GetSandboxRequest>) -> Res<v1::SandboxResponse> {
-        self.enter("GetSandbox").await?;
+        self.enter("GetSandbox", r.metadata()).await?;
         let req = r.into_inner();
         let st = lock(&self.0);
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -661,7 +661,7 @@ impl OpenShell for SimService {
     }
 
     async fn list_sandboxes(&self, r: Request<v1::ListSandboxesRequest>) -> Res<v1::ListSandboxesResponse> {
-        self.enter("ListSandboxes").await?;
+        self.enter("ListSandboxes", r.metadata()).await?;
         let req = r.into_inner();
         let st = lock(&self.0);
         let scope = list_scope(&st, req.workspace_scope.as_ref())?;
@@ -683,7 +683,7 @@ impl OpenShell for SimService {
     }
 
     async fn delete_sandbox(&self, r: Request<v1::DeleteSandboxRequest>) -> Res<v1::DeleteSandboxResponse> {
-        self.enter("DeleteSandbox").await?;
+        self.enter("DeleteSandbox", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         if let Some(done) = st.replay::<v1::DeleteSandboxResponse>(&req.request_id) {
@@ -715,7 +715,7 @@ impl OpenShell for SimService {
     }
 
     async fn stop_sandbox(&self, r: Request<v1::StopSandboxRequest>) -> Res<v1::SandboxResponse> {
-        self.enter("StopSandbox").await?;
+        self.enter("StopSandbox", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         if let Some(done) = st.replay::<v1::SandboxResponse>(&req.request_id) {
@@ -746,7 +746,7 @@ impl OpenShell for SimService {
     }
 
     async fn start_sandbox(&self, r: Request<v1::StartSandboxRequest>) -> Res<v1::SandboxResponse> {
-        self.enter("StartSandbox").await?;
+        self.enter("StartSandbox", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         if let Some(done) = st.replay::<v1::SandboxResponse>(&req.request_id) {
@@ -777,7 +777,7 @@ impl OpenShell for SimService {
     }
 
     async fn create_ssh_session(&self, r: Request<v1::CreateSshSessionRequest>) -> Res<v1::CreateSshSessionResponse> {
-        self.enter("CreateSshSession").await?;
+        self.enter("CreateSshSession", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -801,7 +801,7 @@ impl OpenShell for SimService {
     }
 
     async fn revoke_ssh_session(&self, r: Request<v1::RevokeSshSessionRequest>) -> Res<v1::RevokeSshSessionResponse> {
-        self.enter("RevokeSshSession").await?;
+        self.enter("RevokeSshSession", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         let outcome = if st.ssh_sessions.remove(&req.token).is_some() {
@@ -816,7 +816,7 @@ impl OpenShell for SimService {
 
     async fn exec_sandbox(&self, r: Request<v1::ExecSandboxRequest>) -> Res<BoxStream<v1::ExecSandboxEvent>> {
         use v1::exec_sandbox_event::Payload;
-        self.enter("ExecSandbox").await?;
+        self.enter("ExecSandbox", r.metadata()).await?;
         let req = r.into_inner();
         if req.command.is_empty() {
             return Err(invalid("command", "command must not be empty"));
@@ -873,7 +873,7 @@ impl OpenShell for SimService {
     }
 
     async fn get_sandbox_logs(&self, r: Request<v1::GetSandboxLogsRequest>) -> Res<v1::GetSandboxLogsResponse> {
-        self.enter("GetSandboxLogs").await?;
+        self.enter("GetSandboxLogs", r.metadata()).await?;
         let req = r.into_inner();
         let st = lock(&self.0);
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -897,7 +897,7 @@ impl OpenShell for SimService {
 
     async fn watch_sandbox(&self, r: Request<v1::WatchSandboxRequest>) -> Res<BoxStream<v1::SandboxStreamEvent>> {
         use v1::sandbox_stream_event::Payload;
-        self.enter("WatchSandbox").await?;
+        self.enter("WatchSandbox", r.metadata()).await?;
         let req = r.into_inner();
         // Subscribe before taking the snapshot so nothing falls between them.
         let mut events = self.0.events.subscribe();
@@ -981,7 +981,7 @@ impl OpenShell for SimService {
     // ------------------------------------------------------------ providers
 
     async fn create_provider(&self, r: Request<v1::CreateProviderRequest>) -> Res<v1::ProviderResponse> {
-        self.enter("CreateProvider").await?;
+        self.enter("CreateProvider", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         if let Some(done) = st.replay::<v1::ProviderResponse>(&req.request_id) {
@@ -1013,7 +1013,7 @@ impl OpenShell for SimService {
     }
 
     async fn get_provider(&self, r: Request<v1::GetProviderRequest>) -> Res<v1::ProviderResponse> {
-        self.enter("GetProvider").await?;
+        self.enter("GetProvider", r.metadata()).await?;
         let req = r.into_inner();
         let st = lock(&self.0);
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1025,7 +1025,7 @@ impl OpenShell for SimService {
     }
 
     async fn list_providers(&self, r: Request<v1::ListProvidersRequest>) -> Res<v1::ListProvidersResponse> {
-        self.enter("ListProviders").await?;
+        self.enter("ListProviders", r.metadata()).await?;
         let req = r.into_inner();
         let st = lock(&self.0);
         let scope = list_scope(&st, req.workspace_scope.as_ref())?;
@@ -1044,7 +1044,7 @@ impl OpenShell for SimService {
     }
 
     async fn update_provider(&self, r: Request<v1::UpdateProviderRequest>) -> Res<v1::ProviderResponse> {
-        self.enter("UpdateProvider").await?;
+        self.enter("UpdateProvider", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         if let Some(done) = st.replay::<v1::ProviderResponse>(&req.request_id) {
@@ -1090,7 +1090,7 @@ impl OpenShell for SimService {
     }
 
     async fn delete_provider(&self, r: Request<v1::DeleteProviderRequest>) -> Res<v1::DeleteProviderResponse> {
-        self.enter("DeleteProvider").await?;
+        self.enter("DeleteProvider", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1118,7 +1118,7 @@ impl OpenShell for SimService {
         &self,
         r: Request<v1::ListProviderProfilesRequest>,
     ) -> Res<v1::ListProviderProfilesResponse> {
-        self.enter("ListProviderProfiles").await?;
+        self.enter("ListProviderProfiles", r.metadata()).await?;
         let req = r.into_inner();
         let (offset, size) = page_bounds(req.page_size, &req.page_token)?;
         let all = crate::profiles::builtin();
@@ -1133,7 +1133,7 @@ impl OpenShell for SimService {
         &self,
         r: Request<v1::GetProviderProfileRequest>,
     ) -> Res<v1::ProviderProfileResponse> {
-        self.enter("GetProviderProfile").await?;
+        self.enter("GetProviderProfile", r.metadata()).await?;
         let id = r.into_inner().id;
         let profile = crate::profiles::builtin()
             .into_iter()
@@ -1146,7 +1146,7 @@ impl OpenShell for SimService {
         &self,
         r: Request<v1::ListSandboxProvidersRequest>,
     ) -> Res<v1::ListSandboxProvidersResponse> {
-        self.enter("ListSandboxProviders").await?;
+        self.enter("ListSandboxProviders", r.metadata()).await?;
         let req = r.into_inner();
         let st = lock(&self.0);
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1169,7 +1169,7 @@ impl OpenShell for SimService {
         &self,
         r: Request<v1::AttachSandboxProviderRequest>,
     ) -> Res<v1::AttachSandboxProviderResponse> {
-        self.enter("AttachSandboxProvider").await?;
+        self.enter("AttachSandboxProvider", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         if let Some(done) = st.replay::<v1::AttachSandboxProviderResponse>(&req.request_id) {
@@ -1202,7 +1202,7 @@ impl OpenShell for SimService {
         &self,
         r: Request<v1::DetachSandboxProviderRequest>,
     ) -> Res<v1::DetachSandboxProviderResponse> {
-        self.enter("DetachSandboxProvider").await?;
+        self.enter("DetachSandboxProvider", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         if let Some(done) = st.replay::<v1::DetachSandboxProviderResponse>(&req.request_id) {
@@ -1232,7 +1232,7 @@ impl OpenShell for SimService {
     // ------------------------------------------------------------ config & policy
 
     async fn get_sandbox_config(&self, r: Request<sb::GetSandboxConfigRequest>) -> Res<sb::GetSandboxConfigResponse> {
-        self.enter("GetSandboxConfig").await?;
+        self.enter("GetSandboxConfig", r.metadata()).await?;
         let req = r.into_inner();
         let st = lock(&self.0);
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1265,8 +1265,8 @@ impl OpenShell for SimService {
         }))
     }
 
-    async fn get_gateway_config(&self, _r: Request<sb::GetGatewayConfigRequest>) -> Res<sb::GetGatewayConfigResponse> {
-        self.enter("GetGatewayConfig").await?;
+    async fn get_gateway_config(&self, r: Request<sb::GetGatewayConfigRequest>) -> Res<sb::GetGatewayConfigResponse> {
+        self.enter("GetGatewayConfig", r.metadata()).await?;
         let st = lock(&self.0);
         Ok(Response::new(sb::GetGatewayConfigResponse {
             settings: st.gateway_settings.clone().into_iter().collect(),
@@ -1275,7 +1275,7 @@ impl OpenShell for SimService {
     }
 
     async fn update_config(&self, r: Request<v1::UpdateConfigRequest>) -> Res<v1::UpdateConfigResponse> {
-        self.enter("UpdateConfig").await?;
+        self.enter("UpdateConfig", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         if let Some(done) = st.replay::<v1::UpdateConfigResponse>(&req.request_id) {
@@ -1378,7 +1378,7 @@ impl OpenShell for SimService {
         &self,
         r: Request<v1::GetSandboxPolicyStatusRequest>,
     ) -> Res<v1::GetSandboxPolicyStatusResponse> {
-        self.enter("GetSandboxPolicyStatus").await?;
+        self.enter("GetSandboxPolicyStatus", r.metadata()).await?;
         let req = r.into_inner();
         let st = lock(&self.0);
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1401,7 +1401,7 @@ impl OpenShell for SimService {
         &self,
         r: Request<v1::ListSandboxPoliciesRequest>,
     ) -> Res<v1::ListSandboxPoliciesResponse> {
-        self.enter("ListSandboxPolicies").await?;
+        self.enter("ListSandboxPolicies", r.metadata()).await?;
         let req = r.into_inner();
         let st = lock(&self.0);
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1417,7 +1417,7 @@ impl OpenShell for SimService {
     // ------------------------------------------------------------ drafts
 
     async fn get_draft_policy(&self, r: Request<v1::GetDraftPolicyRequest>) -> Res<v1::GetDraftPolicyResponse> {
-        self.enter("GetDraftPolicy").await?;
+        self.enter("GetDraftPolicy", r.metadata()).await?;
         let req = r.into_inner();
         let st = lock(&self.0);
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1441,7 +1441,7 @@ impl OpenShell for SimService {
         &self,
         r: Request<v1::ApproveDraftChunkRequest>,
     ) -> Res<v1::ApproveDraftChunkResponse> {
-        self.enter("ApproveDraftChunk").await?;
+        self.enter("ApproveDraftChunk", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         if let Some(done) = st.replay::<v1::ApproveDraftChunkResponse>(&req.request_id) {
@@ -1458,7 +1458,7 @@ impl OpenShell for SimService {
     }
 
     async fn reject_draft_chunk(&self, r: Request<v1::RejectDraftChunkRequest>) -> Res<v1::RejectDraftChunkResponse> {
-        self.enter("RejectDraftChunk").await?;
+        self.enter("RejectDraftChunk", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1491,7 +1491,7 @@ impl OpenShell for SimService {
         &self,
         r: Request<v1::ApproveAllDraftChunksRequest>,
     ) -> Res<v1::ApproveAllDraftChunksResponse> {
-        self.enter("ApproveAllDraftChunks").await?;
+        self.enter("ApproveAllDraftChunks", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         if let Some(done) = st.replay::<v1::ApproveAllDraftChunksResponse>(&req.request_id) {
@@ -1551,7 +1551,7 @@ impl OpenShell for SimService {
     }
 
     async fn edit_draft_chunk(&self, r: Request<v1::EditDraftChunkRequest>) -> Res<v1::EditDraftChunkResponse> {
-        self.enter("EditDraftChunk").await?;
+        self.enter("EditDraftChunk", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1582,7 +1582,7 @@ impl OpenShell for SimService {
     }
 
     async fn undo_draft_chunk(&self, r: Request<v1::UndoDraftChunkRequest>) -> Res<v1::UndoDraftChunkResponse> {
-        self.enter("UndoDraftChunk").await?;
+        self.enter("UndoDraftChunk", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         if let Some(done) = st.replay::<v1::UndoDraftChunkResponse>(&req.request_id) {
@@ -1619,7 +1619,7 @@ impl OpenShell for SimService {
     }
 
     async fn clear_draft_chunks(&self, r: Request<v1::ClearDraftChunksRequest>) -> Res<v1::ClearDraftChunksResponse> {
-        self.enter("ClearDraftChunks").await?;
+        self.enter("ClearDraftChunks", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1636,7 +1636,7 @@ impl OpenShell for SimService {
     }
 
     async fn get_draft_history(&self, r: Request<v1::GetDraftHistoryRequest>) -> Res<v1::GetDraftHistoryResponse> {
-        self.enter("GetDraftHistory").await?;
+        self.enter("GetDraftHistory", r.metadata()).await?;
         let req = r.into_inner();
         let st = lock(&self.0);
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1646,7 +1646,7 @@ impl OpenShell for SimService {
     // ------------------------------------------------------------ workspaces
 
     async fn create_workspace(&self, r: Request<v1::CreateWorkspaceRequest>) -> Res<v1::CreateWorkspaceResponse> {
-        self.enter("CreateWorkspace").await?;
+        self.enter("CreateWorkspace", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         if let Some(done) = st.replay::<v1::CreateWorkspaceResponse>(&req.request_id) {
@@ -1663,7 +1663,7 @@ impl OpenShell for SimService {
     }
 
     async fn get_workspace(&self, r: Request<v1::GetWorkspaceRequest>) -> Res<v1::GetWorkspaceResponse> {
-        self.enter("GetWorkspace").await?;
+        self.enter("GetWorkspace", r.metadata()).await?;
         let name = r.into_inner().name;
         let st = lock(&self.0);
         let ws = st.workspaces.get(&name).ok_or_else(|| Status::not_found(format!("workspace {name:?} not found")))?;
@@ -1671,7 +1671,7 @@ impl OpenShell for SimService {
     }
 
     async fn list_workspaces(&self, r: Request<v1::ListWorkspacesRequest>) -> Res<v1::ListWorkspacesResponse> {
-        self.enter("ListWorkspaces").await?;
+        self.enter("ListWorkspaces", r.metadata()).await?;
         let req = r.into_inner();
         let st = lock(&self.0);
         let selector = parse_selector(&req.label_selector)?;
@@ -1693,7 +1693,7 @@ impl OpenShell for SimService {
     }
 
     async fn delete_workspace(&self, r: Request<v1::DeleteWorkspaceRequest>) -> Res<v1::DeleteWorkspaceResponse> {
-        self.enter("DeleteWorkspace").await?;
+        self.enter("DeleteWorkspace", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
         if !st.workspaces.contains_key(&req.name) {
@@ -1718,118 +1718,118 @@ impl OpenShell for SimService {
 
     async fn get_provider_credentials(
         &self,
-        _r: Request<v1::GetProviderCredentialsRequest>,
+        r: Request<v1::GetProviderCredentialsRequest>,
     ) -> Res<v1::GetProviderCredentialsResponse> {
-        self.enter("GetProviderCredentials").await?;
+        self.enter("GetProviderCredentials", r.metadata()).await?;
         Err(Status::permission_denied("this method requires a verified operator certificate"))
     }
 
     async fn report_policy_status(
         &self,
-        _r: Request<v1::ReportPolicyStatusRequest>,
+        r: Request<v1::ReportPolicyStatusRequest>,
     ) -> Res<v1::ReportPolicyStatusResponse> {
-        self.enter("ReportPolicyStatus").await?;
+        self.enter("ReportPolicyStatus", r.metadata()).await?;
         Err(sandbox_only())
     }
 
     async fn report_endpoint_status(
         &self,
-        _r: Request<v1::ReportEndpointStatusRequest>,
+        r: Request<v1::ReportEndpointStatusRequest>,
     ) -> Res<v1::ReportEndpointStatusResponse> {
-        self.enter("ReportEndpointStatus").await?;
+        self.enter("ReportEndpointStatus", r.metadata()).await?;
         Err(sandbox_only())
     }
 
     async fn report_provider_readiness(
         &self,
-        _r: Request<v1::ReportProviderReadinessRequest>,
+        r: Request<v1::ReportProviderReadinessRequest>,
     ) -> Res<v1::ReportProviderReadinessResponse> {
-        self.enter("ReportProviderReadiness").await?;
+        self.enter("ReportProviderReadiness", r.metadata()).await?;
         Err(sandbox_only())
     }
 
     async fn report_sandbox_configuration(
         &self,
-        _r: Request<v1::ReportSandboxConfigurationRequest>,
+        r: Request<v1::ReportSandboxConfigurationRequest>,
     ) -> Res<v1::ReportSandboxConfigurationResponse> {
-        self.enter("ReportSandboxConfiguration").await?;
+        self.enter("ReportSandboxConfiguration", r.metadata()).await?;
         Err(sandbox_only())
     }
 
     async fn get_sandbox_provider_environment(
         &self,
-        _r: Request<v1::GetSandboxProviderEnvironmentRequest>,
+        r: Request<v1::GetSandboxProviderEnvironmentRequest>,
     ) -> Res<v1::GetSandboxProviderEnvironmentResponse> {
-        self.enter("GetSandboxProviderEnvironment").await?;
+        self.enter("GetSandboxProviderEnvironment", r.metadata()).await?;
         Err(sandbox_only())
     }
 
     async fn exchange_provider_subject_token(
         &self,
-        _r: Request<v1::ExchangeProviderSubjectTokenRequest>,
+        r: Request<v1::ExchangeProviderSubjectTokenRequest>,
     ) -> Res<v1::ExchangeProviderSubjectTokenResponse> {
-        self.enter("ExchangeProviderSubjectToken").await?;
+        self.enter("ExchangeProviderSubjectToken", r.metadata()).await?;
         Err(sandbox_only())
     }
 
     async fn push_sandbox_logs(
         &self,
-        _r: Request<tonic::Streaming<v1::PushSandboxLogsRequest>>,
+        r: Request<tonic::Streaming<v1::PushSandboxLogsRequest>>,
     ) -> Res<v1::PushSandboxLogsResponse> {
-        self.enter("PushSandboxLogs").await?;
+        self.enter("PushSandboxLogs", r.metadata()).await?;
         Err(sandbox_only())
     }
 
     async fn connect_supervisor(
         &self,
-        _r: Request<tonic::Streaming<v1::SupervisorMessage>>,
+        r: Request<tonic::Streaming<v1::SupervisorMessage>>,
     ) -> Res<BoxStream<v1::GatewayMessage>> {
-        self.enter("ConnectSupervisor").await?;
+        self.enter("ConnectSupervisor", r.metadata()).await?;
         Err(sandbox_only())
     }
 
     async fn report_main_process_exit(
         &self,
-        _r: Request<v1::ReportMainProcessExitRequest>,
+        r: Request<v1::ReportMainProcessExitRequest>,
     ) -> Res<v1::ReportMainProcessExitResponse> {
-        self.enter("ReportMainProcessExit").await?;
+        self.enter("ReportMainProcessExit", r.metadata()).await?;
         Err(sandbox_only())
     }
 
     async fn finalize_main_process_exit(
         &self,
-        _r: Request<v1::FinalizeMainProcessExitRequest>,
+        r: Request<v1::FinalizeMainProcessExitRequest>,
     ) -> Res<v1::FinalizeMainProcessExitResponse> {
-        self.enter("FinalizeMainProcessExit").await?;
+        self.enter("FinalizeMainProcessExit", r.metadata()).await?;
         Err(sandbox_only())
     }
 
-    async fn relay_stream(&self, _r: Request<tonic::Streaming<v1::RelayFrame>>) -> Res<BoxStream<v1::RelayFrame>> {
-        self.enter("RelayStream").await?;
+    async fn relay_stream(&self, r: Request<tonic::Streaming<v1::RelayFrame>>) -> Res<BoxStream<v1::RelayFrame>> {
+        self.enter("RelayStream", r.metadata()).await?;
         Err(sandbox_only())
     }
 
     async fn submit_policy_analysis(
         &self,
-        _r: Request<v1::SubmitPolicyAnalysisRequest>,
+        r: Request<v1::SubmitPolicyAnalysisRequest>,
     ) -> Res<v1::SubmitPolicyAnalysisResponse> {
-        self.enter("SubmitPolicyAnalysis").await?;
+        self.enter("SubmitPolicyAnalysis", r.metadata()).await?;
         Err(sandbox_only())
     }
 
     async fn issue_sandbox_token(
         &self,
-        _r: Request<v1::IssueSandboxTokenRequest>,
+        r: Request<v1::IssueSandboxTokenRequest>,
     ) -> Res<v1::IssueSandboxTokenResponse> {
-        self.enter("IssueSandboxToken").await?;
+        self.enter("IssueSandboxToken", r.metadata()).await?;
         Err(sandbox_only())
     }
 
     async fn refresh_sandbox_token(
         &self,
-        _r: Request<v1::RefreshSandboxTokenRequest>,
+        r: Request<v1::RefreshSandboxTokenRequest>,
     ) -> Res<v1::RefreshSandboxTokenResponse> {
-        self.enter("RefreshSandboxToken").await?;
+        self.enter("RefreshSandboxToken", r.metadata()).await?;
         Err(sandbox_only())
     }
 }
