@@ -29,9 +29,6 @@ use crate::{GatewayError, WorkspaceScope};
 
 // ---------------------------------------------------------------- helpers
 
-// Every request field is optional on the wire, hence `Option` even though
-// we always send a selector.
-#[allow(clippy::unnecessary_wraps)]
 pub(crate) fn scope(ws: &WorkspaceName) -> Option<dm::WorkspaceSelector> {
     Some(dm::WorkspaceSelector { selection: Some(dm::workspace_selector::Selection::Workspace(ws.to_string())) })
 }
