@@ -68,7 +68,7 @@ async fn demo(listen: std::net::SocketAddr, tls_dir: Option<PathBuf>, once: bool
         advertise_host: None,
     })
     .await
-    .with_context(|| format!("starting the demo gateway on {listen} (is the port free? try --listen 127.0.0.1:0)"))?;
+    .with_context(|| format!("starting the demo gateway on {listen}"))?;
     println!("simulated OpenShell gateway on {} (mTLS, certificates in {})", sim.endpoint(), dir.display());
 
     let gw = GrpcGateway::connect(ConnectionConfig::mtls(

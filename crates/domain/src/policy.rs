@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// A whole sandbox policy.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A whole sandbox policy. Every field of the gateway's policy message has a
+/// home here, so reading a policy and writing it back never loosens it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     #[serde(default)]
@@ -24,6 +25,9 @@ pub struct Policy {
     /// Keyed by rule name.
     #[serde(default)]
     pub network_policies: BTreeMap<String, NetworkRule>,
+    /// Keyed by middleware name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub network_middlewares: BTreeMap<String, NetworkMiddleware>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +111,8 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
 /// One reachable endpoint of a network rule.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Independent switches of the gateway's endpoint message.
+#[allow(clippy::struct_excessive_bools)]
 pub struct NetworkEndpoint {
     pub host: String,
     #[serde(default, skip_serializing_if = "is_default")]
@@ -132,9 +138,37 @@ pub struct NetworkEndpoint {
     pub path: String,
     #[serde(default, skip_serializing_if = "is_default")]
     pub allow_encoded_slash: bool,
-    /// Provider whose credential the gateway injects on this endpoint.
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub credential_provider: String,
+    pub persisted_queries: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub graphql_persisted_queries: BTreeMap<String, GraphqlOperation>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub graphql_max_body_bytes: u32,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub websocket_credential_rewrite: bool,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub request_body_credential_rewrite: bool,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub advisor_proposed: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub credential_signing: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signing_service: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signing_region: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub json_rpc_max_body_bytes: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpOptions>,
+    /// Provider whose credential the gateway injects on this endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_binding: Option<CredentialBinding>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub allow_uninspected_credentials: bool,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub provider_credentialed: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token_grant_owner: String,
 }
 
 /// An L7 allow rule (`rules: [{allow: {method, path}}]`).
@@ -154,6 +188,82 @@ pub struct L7Match {
     pub path: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub command: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, QueryMatcher>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operation_type: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operation_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, QueryMatcher>,
+}
+
+/// Matches one query or parameter value: a glob, or any of a list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryMatcher {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub glob: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub any: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphqlOperation {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operation_type: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operation_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict_tool_names: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_all_known_mcp_methods: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialBinding {
+    pub provider: String,
+}
+
+/// A network middleware (request/response hook) and where it applies.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkMiddleware {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub middleware: String,
+    /// Middleware-specific settings, kept as the gateway's free-form JSON.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub config: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub on_error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<MiddlewareEndpoints>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub order: i32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MiddlewareEndpoints {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
 }
 
 /// Load state of a policy revision on the gateway.
@@ -216,7 +326,7 @@ pub struct GatewaySettings {
 }
 
 /// An incremental policy change. The gateway applies a list of these
-/// atomically; we send removals before additions.
+/// atomically, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum PolicyMergeOp {

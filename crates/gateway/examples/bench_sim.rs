@@ -7,8 +7,9 @@ use breakwater_domain::{LabelSelector, PageRequest, SandboxName, Secret, Workspa
 use breakwater_gateway::{ConnectionConfig, Gateway, GatewayAddress, GrpcGateway, WorkspaceScope};
 use openshell_sim::{Sim, SimConfig};
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+/// `per_mille` of 1000: 500 is the median, 990 the 99th percentile.
+fn percentile(sorted: &[Duration], per_mille: usize) -> Duration {
+    sorted[(sorted.len() - 1) * per_mille / 1000]
 }
 
 fn rss_mib() -> f64 {
@@ -34,8 +35,8 @@ where
     samples.sort();
     println!(
         "{label:<40} n={n:<6} p50={:>8.3?} p99={:>8.3?} max={:>8.3?}",
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.99),
+        percentile(&samples, 500),
+        percentile(&samples, 990),
         samples[n - 1]
     );
 }
@@ -60,12 +61,20 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     println!("process RSS with 10,000 sandboxes (sim+client) {:>8.1} MiB (start {base_rss:.1} MiB)", rss_mib());
 
-    measure("Health over mTLS", 2000, || async { gw.health().await.unwrap(); }).await;
+    measure("Health over mTLS", 2000, || async {
+        gw.health().await.unwrap();
+    })
+    .await;
     let ws = WorkspaceName::default();
     let name = SandboxName::parse("sim-5000")?;
-    measure("GetSandbox over mTLS", 2000, || async { gw.get_sandbox(&ws, &name).await.unwrap(); }).await;
+    measure("GetSandbox over mTLS", 2000, || async {
+        gw.get_sandbox(&ws, &name).await.unwrap();
+    })
+    .await;
     measure("ListSandboxes page of 100", 500, || async {
-        gw.list_sandboxes(&WorkspaceScope::default(), &LabelSelector::default(), &PageRequest::first(100)).await.unwrap();
+        gw.list_sandboxes(&WorkspaceScope::default(), &LabelSelector::default(), &PageRequest::first(100))
+            .await
+            .unwrap();
     })
     .await;
     let t = Instant::now();

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use breakwater_domain::approval::{ApproveAllResult, DraftHistoryEntry, DraftPolicy, PolicyVersionRef};
 use breakwater_domain::gateway::{CurrentUser, GatewayInfo, Health, Workspace};
 use breakwater_domain::policy::{
-    ConfigChange, ConfigUpdateResult, GatewaySettings, NetworkRule, PolicyMergeOp, PolicyRevision, SandboxConfig,
+    ConfigChange, ConfigUpdateResult, GatewaySettings, NetworkRule, PolicyRevision, SandboxConfig,
 };
 use breakwater_domain::provider::{Provider, ProviderAttachment, ProviderProfile, ProviderSpec};
 use breakwater_domain::sandbox::{
@@ -27,9 +27,13 @@ use crate::config::{ConnectionConfig, Transport};
 use crate::connector::{TlsDialer, client_config};
 use crate::mapping::{self as map, scope, scope_of};
 use crate::retry::{Idempotency, with_retry};
-use crate::{Gateway, GatewayError, PolicyStatusReport, Result, WorkspaceScope};
+use crate::{FieldViolation, Gateway, GatewayError, PolicyStatusReport, Result, WorkspaceScope};
 
 type Client = OpenShellClient<Channel>;
+
+/// Longest exec the client will ask for; longer work belongs in a job, not
+/// an exec stream.
+const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// A connection to one gateway. Cheap to clone: clones share the HTTP/2
 /// connection.
@@ -359,7 +363,16 @@ impl Gateway for GrpcGateway {
         request: &ExecRequest,
     ) -> Result<BoxStream<'static, Result<ExecEvent>>> {
         if request.command.is_empty() {
-            return Err(GatewayError::Config { message: "exec needs a command".into() });
+            return Err(GatewayError::InvalidArgument {
+                message: "exec needs a command".into(),
+                violations: vec![FieldViolation { field: "command".into(), description: "must not be empty".into() }],
+            });
+        }
+        if request.timeout.is_some_and(|t| t > MAX_EXEC_TIMEOUT) {
+            return Err(GatewayError::InvalidArgument {
+                message: format!("exec timeout may be at most {} hours", MAX_EXEC_TIMEOUT.as_secs() / 3600),
+                violations: vec![FieldViolation { field: "timeout".into(), description: "too long".into() }],
+            });
         }
         // The command may run up to its own timeout; give the stream slack
         // for session setup and teardown on top.
@@ -619,13 +632,9 @@ impl Gateway for GrpcGateway {
         };
         match change {
             ConfigChange::ReplacePolicy(p) => req.policy = Some(map::policy_to(p)),
-            ConfigChange::Merge(ops) => {
-                // Removals first, so "replace rule X" as remove+add never
-                // collides with the rule it replaces.
-                let (removals, additions): (Vec<&PolicyMergeOp>, Vec<&PolicyMergeOp>) =
-                    ops.iter().partition(|op| !matches!(op, PolicyMergeOp::AddRule { .. }));
-                req.merge_operations = removals.into_iter().chain(additions).map(map::merge_op_to).collect();
-            }
+            // Sent in the caller's order: the gateway applies them in sequence,
+            // and only the caller knows which order it means.
+            ConfigChange::Merge(ops) => req.merge_operations = ops.iter().map(map::merge_op_to).collect(),
             ConfigChange::SetSetting { key, value, global } => {
                 req.setting_key.clone_from(key);
                 req.setting_value = Some(map::setting_to(value));

@@ -11,9 +11,10 @@ use breakwater_domain::gateway::{
     ComputeDriver, CurrentUser, GatewayInfo, Health, ServiceStatus, Workspace, WorkspacePhase,
 };
 use breakwater_domain::policy::{
-    AccessPreset, ConfigUpdateResult, EnforcementMode, FilesystemPolicy, GatewaySettings, L7Match, L7Rule,
-    LandlockPolicy, NetworkBinary, NetworkEndpoint, NetworkRule, Policy, PolicyMergeOp, PolicyRevision, PolicySource,
-    PolicyStatus, ProcessPolicy, SandboxConfig, SettingValue, TlsMode,
+    AccessPreset, ConfigUpdateResult, CredentialBinding, EnforcementMode, FilesystemPolicy, GatewaySettings,
+    GraphqlOperation, L7Match, L7Rule, LandlockPolicy, McpOptions, MiddlewareEndpoints, NetworkBinary, NetworkEndpoint,
+    NetworkMiddleware, NetworkRule, Policy, PolicyMergeOp, PolicyRevision, PolicySource, PolicyStatus, ProcessPolicy,
+    QueryMatcher, SandboxConfig, SettingValue, TlsMode,
 };
 use breakwater_domain::provider::{ProfileCredential, Provider, ProviderProfile};
 use breakwater_domain::sandbox::{
@@ -337,12 +338,64 @@ fn access_to(m: AccessPreset) -> i32 {
     }) as i32
 }
 
+fn matchers_from(m: std::collections::HashMap<String, sb::L7QueryMatcher>) -> BTreeMap<String, QueryMatcher> {
+    m.into_iter().map(|(k, v)| (k, QueryMatcher { glob: v.glob, any: v.any })).collect()
+}
+
+fn matchers_to(m: &BTreeMap<String, QueryMatcher>) -> std::collections::HashMap<String, sb::L7QueryMatcher> {
+    m.iter().map(|(k, v)| (k.clone(), sb::L7QueryMatcher { glob: v.glob.clone(), any: v.any.clone() })).collect()
+}
+
 fn l7_allow_from(a: sb::L7Allow) -> L7Match {
-    L7Match { method: a.method, path: a.path, command: a.command }
+    L7Match {
+        method: a.method,
+        path: a.path,
+        command: a.command,
+        query: matchers_from(a.query),
+        operation_type: a.operation_type,
+        operation_name: a.operation_name,
+        fields: a.fields,
+        params: matchers_from(a.params),
+    }
 }
 
 fn l7_deny_from(a: sb::L7DenyRule) -> L7Match {
-    L7Match { method: a.method, path: a.path, command: a.command }
+    L7Match {
+        method: a.method,
+        path: a.path,
+        command: a.command,
+        query: matchers_from(a.query),
+        operation_type: a.operation_type,
+        operation_name: a.operation_name,
+        fields: a.fields,
+        params: matchers_from(a.params),
+    }
+}
+
+fn l7_allow_to(m: &L7Match) -> sb::L7Allow {
+    sb::L7Allow {
+        method: m.method.clone(),
+        path: m.path.clone(),
+        command: m.command.clone(),
+        query: matchers_to(&m.query),
+        operation_type: m.operation_type.clone(),
+        operation_name: m.operation_name.clone(),
+        fields: m.fields.clone(),
+        params: matchers_to(&m.params),
+    }
+}
+
+fn l7_deny_to(m: &L7Match) -> sb::L7DenyRule {
+    sb::L7DenyRule {
+        method: m.method.clone(),
+        path: m.path.clone(),
+        command: m.command.clone(),
+        query: matchers_to(&m.query),
+        operation_type: m.operation_type.clone(),
+        operation_name: m.operation_name.clone(),
+        fields: m.fields.clone(),
+        params: matchers_to(&m.params),
+    }
 }
 
 fn endpoint_from(e: sb::NetworkEndpoint) -> NetworkEndpoint {
@@ -359,7 +412,38 @@ fn endpoint_from(e: sb::NetworkEndpoint) -> NetworkEndpoint {
         allowed_ips: e.allowed_ips,
         path: e.path,
         allow_encoded_slash: e.allow_encoded_slash,
-        credential_provider: e.credential_binding.map(|b| b.provider).unwrap_or_default(),
+        persisted_queries: e.persisted_queries,
+        graphql_persisted_queries: e
+            .graphql_persisted_queries
+            .into_iter()
+            .map(|(k, g)| {
+                (
+                    k,
+                    GraphqlOperation {
+                        operation_type: g.operation_type,
+                        operation_name: g.operation_name,
+                        fields: g.fields,
+                    },
+                )
+            })
+            .collect(),
+        graphql_max_body_bytes: e.graphql_max_body_bytes,
+        websocket_credential_rewrite: e.websocket_credential_rewrite,
+        request_body_credential_rewrite: e.request_body_credential_rewrite,
+        advisor_proposed: e.advisor_proposed,
+        credential_signing: e.credential_signing,
+        signing_service: e.signing_service,
+        signing_region: e.signing_region,
+        json_rpc_max_body_bytes: e.json_rpc_max_body_bytes,
+        mcp: e.mcp.map(|m| McpOptions {
+            strict_tool_names: m.strict_tool_names,
+            allow_all_known_mcp_methods: m.allow_all_known_mcp_methods,
+            versions: m.versions,
+        }),
+        credential_binding: e.credential_binding.map(|b| CredentialBinding { provider: b.provider }),
+        allow_uninspected_credentials: e.allow_uninspected_credentials,
+        provider_credentialed: e.provider_credentialed,
+        token_grant_owner: e.token_grant_owner,
     }
 }
 
@@ -367,39 +451,112 @@ fn endpoint_to(e: &NetworkEndpoint) -> sb::NetworkEndpoint {
     sb::NetworkEndpoint {
         host: e.host.clone(),
         port: e.port,
-        ports: e.ports.clone(),
         protocol: e.protocol.clone(),
         tls: tls_to(e.tls),
         enforcement: enforcement_to(e.enforcement),
         access: access_to(e.access),
-        rules: e
-            .rules
-            .iter()
-            .map(|r| sb::L7Rule {
-                allow: Some(sb::L7Allow {
-                    method: r.allow.method.clone(),
-                    path: r.allow.path.clone(),
-                    command: r.allow.command.clone(),
-                    ..Default::default()
-                }),
-            })
-            .collect(),
-        deny_rules: e
-            .deny_rules
-            .iter()
-            .map(|d| sb::L7DenyRule {
-                method: d.method.clone(),
-                path: d.path.clone(),
-                command: d.command.clone(),
-                ..Default::default()
-            })
-            .collect(),
+        rules: e.rules.iter().map(|r| sb::L7Rule { allow: Some(l7_allow_to(&r.allow)) }).collect(),
         allowed_ips: e.allowed_ips.clone(),
-        path: e.path.clone(),
+        ports: e.ports.clone(),
+        deny_rules: e.deny_rules.iter().map(l7_deny_to).collect(),
         allow_encoded_slash: e.allow_encoded_slash,
-        credential_binding: (!e.credential_provider.is_empty())
-            .then(|| sb::NetworkCredentialBinding { provider: e.credential_provider.clone() }),
-        ..Default::default()
+        persisted_queries: e.persisted_queries.clone(),
+        graphql_persisted_queries: e
+            .graphql_persisted_queries
+            .iter()
+            .map(|(k, g)| {
+                let op = sb::GraphqlOperation {
+                    operation_type: g.operation_type.clone(),
+                    operation_name: g.operation_name.clone(),
+                    fields: g.fields.clone(),
+                };
+                (k.clone(), op)
+            })
+            .collect(),
+        graphql_max_body_bytes: e.graphql_max_body_bytes,
+        path: e.path.clone(),
+        websocket_credential_rewrite: e.websocket_credential_rewrite,
+        request_body_credential_rewrite: e.request_body_credential_rewrite,
+        advisor_proposed: e.advisor_proposed,
+        credential_signing: e.credential_signing.clone(),
+        signing_service: e.signing_service.clone(),
+        signing_region: e.signing_region.clone(),
+        json_rpc_max_body_bytes: e.json_rpc_max_body_bytes,
+        mcp: e.mcp.as_ref().map(|m| sb::McpOptions {
+            strict_tool_names: m.strict_tool_names,
+            allow_all_known_mcp_methods: m.allow_all_known_mcp_methods,
+            versions: m.versions.clone(),
+        }),
+        credential_binding: e
+            .credential_binding
+            .as_ref()
+            .map(|b| sb::NetworkCredentialBinding { provider: b.provider.clone() }),
+        allow_uninspected_credentials: e.allow_uninspected_credentials,
+        provider_credentialed: e.provider_credentialed,
+        token_grant_owner: e.token_grant_owner.clone(),
+    }
+}
+
+/// `google.protobuf.Struct` ⇄ JSON, for middleware configuration.
+fn json_from_value(v: prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match v.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::NumberValue(n)) => {
+            serde_json::Number::from_f64(n).map_or(serde_json::Value::Null, serde_json::Value::Number)
+        }
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s),
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(b),
+        Some(Kind::StructValue(s)) => serde_json::Value::Object(json_from_struct(s)),
+        Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.into_iter().map(json_from_value).collect()),
+    }
+}
+
+fn json_from_struct(s: prost_types::Struct) -> serde_json::Map<String, serde_json::Value> {
+    s.fields.into_iter().map(|(k, v)| (k, json_from_value(v))).collect()
+}
+
+fn json_to_value(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => {
+            Kind::ListValue(prost_types::ListValue { values: a.iter().map(json_to_value).collect() })
+        }
+        serde_json::Value::Object(o) => Kind::StructValue(json_to_struct(o)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn json_to_struct(o: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct { fields: o.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect() }
+}
+
+fn middleware_from(m: sb::NetworkMiddlewareConfig) -> NetworkMiddleware {
+    NetworkMiddleware {
+        name: m.name,
+        middleware: m.middleware,
+        config: m.config.map(json_from_struct).unwrap_or_default(),
+        on_error: m.on_error,
+        endpoints: m.endpoints.map(|e| MiddlewareEndpoints { include: e.include, exclude: e.exclude }),
+        order: m.order,
+    }
+}
+
+fn middleware_to(m: &NetworkMiddleware) -> sb::NetworkMiddlewareConfig {
+    sb::NetworkMiddlewareConfig {
+        name: m.name.clone(),
+        middleware: m.middleware.clone(),
+        config: (!m.config.is_empty()).then(|| json_to_struct(&m.config)),
+        on_error: m.on_error.clone(),
+        endpoints: m
+            .endpoints
+            .as_ref()
+            .map(|e| sb::MiddlewareEndpointSelector { include: e.include.clone(), exclude: e.exclude.clone() }),
+        order: m.order,
     }
 }
 
@@ -430,6 +587,7 @@ pub(crate) fn policy_from(p: sb::SandboxPolicy) -> Policy {
         landlock: p.landlock.map(|l| LandlockPolicy { compatibility: l.compatibility }),
         process: p.process.map(|p| ProcessPolicy { run_as_user: p.run_as_user, run_as_group: p.run_as_group }),
         network_policies: p.network_policies.into_iter().map(|(k, v)| (k, rule_from(v))).collect(),
+        network_middlewares: p.network_middlewares.into_iter().map(|(k, v)| (k, middleware_from(v))).collect(),
     }
 }
 
@@ -447,7 +605,7 @@ pub(crate) fn policy_to(p: &Policy) -> sb::SandboxPolicy {
             .as_ref()
             .map(|p| sb::ProcessPolicy { run_as_user: p.run_as_user.clone(), run_as_group: p.run_as_group.clone() }),
         network_policies: p.network_policies.iter().map(|(k, v)| (k.clone(), rule_to(v))).collect(),
-        network_middlewares: std::collections::HashMap::new(),
+        network_middlewares: p.network_middlewares.iter().map(|(k, v)| (k.clone(), middleware_to(v))).collect(),
     }
 }
 
@@ -688,6 +846,134 @@ mod tests {
         assert!(ssh_session(ssh("gw", "tok en with spaces")).is_err());
     }
 
+    /// Every field of the wire policy set to a non-default value.
+    fn full_wire_policy() -> sb::SandboxPolicy {
+        let matcher = |g: &str| sb::L7QueryMatcher { glob: g.into(), any: vec!["a".into(), "b".into()] };
+        let allow = sb::L7Allow {
+            method: "GET".into(),
+            path: "/repos/**".into(),
+            command: "SELECT".into(),
+            query: [("per_page".to_owned(), matcher("1*"))].into_iter().collect(),
+            operation_type: "query".into(),
+            operation_name: "Viewer".into(),
+            fields: vec!["login".into()],
+            params: [("id".to_owned(), matcher("*"))].into_iter().collect(),
+        };
+        let deny = sb::L7DenyRule {
+            method: "DELETE".into(),
+            path: "/admin".into(),
+            command: "DROP".into(),
+            query: [("force".to_owned(), matcher("true"))].into_iter().collect(),
+            operation_type: "mutation".into(),
+            operation_name: "Nuke".into(),
+            fields: vec!["all".into()],
+            params: [("x".to_owned(), matcher("y"))].into_iter().collect(),
+        };
+        let endpoint = sb::NetworkEndpoint {
+            host: "api.github.com".into(),
+            port: 443,
+            protocol: "rest".into(),
+            tls: sb::NetworkTlsMode::Terminate as i32,
+            enforcement: sb::NetworkEnforcementMode::Audit as i32,
+            access: sb::NetworkAccessPreset::Unspecified as i32,
+            rules: vec![sb::L7Rule { allow: Some(allow) }],
+            allowed_ips: vec!["10.0.0.0/8".into()],
+            ports: vec![443, 8443],
+            deny_rules: vec![deny],
+            allow_encoded_slash: true,
+            persisted_queries: "strict".into(),
+            graphql_persisted_queries: [(
+                "abc".to_owned(),
+                sb::GraphqlOperation {
+                    operation_type: "query".into(),
+                    operation_name: "Q".into(),
+                    fields: vec!["f".into()],
+                },
+            )]
+            .into_iter()
+            .collect(),
+            graphql_max_body_bytes: 1024,
+            path: "/graphql".into(),
+            websocket_credential_rewrite: true,
+            request_body_credential_rewrite: true,
+            advisor_proposed: true,
+            credential_signing: "sigv4".into(),
+            signing_service: "s3".into(),
+            signing_region: "us-east-1".into(),
+            json_rpc_max_body_bytes: 2048,
+            mcp: Some(sb::McpOptions {
+                strict_tool_names: Some(false),
+                allow_all_known_mcp_methods: Some(true),
+                versions: vec!["2025-06-18".into()],
+            }),
+            credential_binding: Some(sb::NetworkCredentialBinding { provider: "github".into() }),
+            allow_uninspected_credentials: true,
+            provider_credentialed: true,
+            token_grant_owner: "owner".into(),
+        };
+        let config = prost_types::Struct {
+            fields: [
+                ("limit".to_owned(), prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(3.0)) }),
+                (
+                    "tags".to_owned(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::ListValue(prost_types::ListValue {
+                            values: vec![prost_types::Value {
+                                kind: Some(prost_types::value::Kind::StringValue("x".into())),
+                            }],
+                        })),
+                    },
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        sb::SandboxPolicy {
+            version: 4,
+            filesystem: Some(sb::FilesystemPolicy {
+                include_workdir: true,
+                read_only: vec!["/usr".into()],
+                read_write: vec!["/tmp".into()],
+            }),
+            landlock: Some(sb::LandlockPolicy { compatibility: "hard_requirement".into() }),
+            process: Some(sb::ProcessPolicy { run_as_user: "agent".into(), run_as_group: "agent".into() }),
+            network_policies: [(
+                "github".to_owned(),
+                sb::NetworkPolicyRule {
+                    name: "github".into(),
+                    endpoints: vec![endpoint],
+                    binaries: vec![sb::NetworkBinary { path: "/usr/bin/gh".into() }],
+                },
+            )]
+            .into_iter()
+            .collect(),
+            network_middlewares: [(
+                "redact".to_owned(),
+                sb::NetworkMiddlewareConfig {
+                    name: "redact".into(),
+                    middleware: "pii-redactor".into(),
+                    config: Some(config),
+                    on_error: "fail_closed".into(),
+                    endpoints: Some(sb::MiddlewareEndpointSelector {
+                        include: vec!["github".into()],
+                        exclude: vec!["none".into()],
+                    }),
+                    order: 2,
+                },
+            )]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    #[test]
+    fn reading_and_writing_back_a_policy_loses_nothing() {
+        // A policy read from a gateway and written back must not be looser
+        // than before: every field survives the trip through the domain model.
+        let wire = full_wire_policy();
+        assert_eq!(policy_to(&policy_from(wire.clone())), wire);
+    }
+
     #[test]
     fn policy_round_trips_through_proto() {
         let yaml_like = Policy {
@@ -716,6 +1002,7 @@ mod tests {
             )]
             .into_iter()
             .collect(),
+            network_middlewares: BTreeMap::new(),
         };
         assert_eq!(policy_from(policy_to(&yaml_like)), yaml_like);
     }

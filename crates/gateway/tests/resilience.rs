@@ -201,3 +201,37 @@ async fn the_sim_holds_ten_thousand_sandboxes() {
     assert_eq!(total, 10_000);
     assert!(t.gw.get_sandbox(&ws(), &name("sim-9999")).await.is_ok());
 }
+
+#[tokio::test]
+async fn merge_operations_are_applied_in_the_callers_order() {
+    use breakwater_domain::policy::{ConfigChange, NetworkBinary, NetworkEndpoint, NetworkRule, PolicyMergeOp};
+    let t = spawn().await;
+    t.create_ready("ordered").await;
+    let rule = NetworkRule {
+        name: "gh".into(),
+        endpoints: vec![NetworkEndpoint { host: "api.github.com".into(), port: 443, ..Default::default() }],
+        binaries: vec![NetworkBinary { path: "/usr/bin/curl".into() }, NetworkBinary { path: "/usr/bin/gh".into() }],
+    };
+    let ops = ConfigChange::Merge(vec![
+        PolicyMergeOp::AddRule { rule_name: "gh".into(), rule },
+        PolicyMergeOp::RemoveBinary { rule_name: "gh".into(), binary_path: "/usr/bin/curl".into() },
+    ]);
+    t.gw.update_config(&ws(), Some(&name("ordered")), &ops, None).await.expect("add, then remove from what was added");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let policy = t.gw.sandbox_config(&ws(), &name("ordered")).await.unwrap().policy.unwrap();
+    assert_eq!(policy.network_policies["gh"].binaries, vec![NetworkBinary { path: "/usr/bin/gh".into() }]);
+}
+
+#[tokio::test]
+async fn bad_exec_requests_are_invalid_arguments_not_config_errors() {
+    let t = spawn().await;
+    let err = t.gw.exec(&ws(), &name("x"), &ExecRequest::default(), 10).await.unwrap_err();
+    assert_eq!(err.code(), "invalid_argument");
+    let huge = ExecRequest {
+        command: vec!["true".into()],
+        timeout: Some(Duration::from_secs(u64::MAX)),
+        ..Default::default()
+    };
+    let err = t.gw.exec(&ws(), &name("x"), &huge, 10).await.unwrap_err();
+    assert_eq!(err.code(), "invalid_argument", "no overflow panic");
+}

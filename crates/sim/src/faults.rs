@@ -52,7 +52,13 @@ pub fn parse_code(raw: &str) -> Result<Code, String> {
         "unavailable" => Code::Unavailable,
         "data_loss" => Code::DataLoss,
         "unauthenticated" => Code::Unauthenticated,
-        other => return Err(format!("unknown gRPC code {other:?}")),
+        other => {
+            return Err(format!(
+                "unknown gRPC code {other:?} (one of: cancelled, unknown, invalid_argument, deadline_exceeded, not_found, \
+                 already_exists, permission_denied, resource_exhausted, failed_precondition, aborted, out_of_range, \
+                 unimplemented, internal, unavailable, data_loss, unauthenticated)"
+            ));
+        }
     };
     Ok(code)
 }

@@ -100,7 +100,9 @@ impl std::fmt::Debug for Sim {
 impl Sim {
     /// Binds, then serves in the background.
     pub async fn start(config: SimConfig) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let listener = TcpListener::bind(config.listen).await.with_context(|| {
+            format!("cannot listen on {} (is the port in use? pick another, or port 0 for any free one)", config.listen)
+        })?;
         let addr = listener.local_addr()?;
         let faults = Arc::new(Faults::new(&config.version));
         let shutdown = CancellationToken::new();
@@ -110,7 +112,11 @@ impl Sim {
             faults: faults.clone(),
             events,
             timing: config.timing,
-            advertise_host: config.advertise_host.clone().unwrap_or_else(|| addr.ip().to_string()),
+            // Listening on every interface says nothing about which address a
+            // client can reach; loopback is the only safe guess (see --advertise-host).
+            advertise_host: config.advertise_host.clone().unwrap_or_else(|| {
+                if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() }
+            }),
             port: addr.port(),
             shutdown: shutdown.clone(),
         }));
@@ -172,10 +178,19 @@ impl Sim {
         self.addr
     }
 
-    /// `host:port` to dial (IPv6 bracketed).
+    /// `host:port` to dial (IPv6 bracketed). A wildcard listen address is
+    /// dialled on loopback, which the minted server certificate covers.
     #[must_use]
     pub fn endpoint(&self) -> String {
-        self.addr.to_string()
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        addr.to_string()
     }
 
     #[must_use]

@@ -100,7 +100,17 @@ async fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    for san in &args.sans {
+        let dns = !san.is_empty()
+            && san.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        if san.parse::<std::net::IpAddr>().is_err() && !dns {
+            bail!("--san {san:?} is neither a DNS name nor an IP address");
+        }
+    }
     let tls = match args.tls_mode {
+        TlsMode::Plaintext if args.tls_dir.is_some() => {
+            bail!("--tls-dir is not used with --tls-mode plaintext; drop one of them")
+        }
         TlsMode::Plaintext => SimTls::Plaintext,
         mode => {
             let Some(dir) = &args.tls_dir else {
@@ -109,6 +119,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     format!("{mode:?}").to_lowercase()
                 );
             };
+            if !args.sans.is_empty() && dir.join("server.crt").exists() {
+                eprintln!(
+                    "openshell-sim: warning: --san is ignored: {} already has a server certificate (empty it to mint one with these names)",
+                    dir.display()
+                );
+            }
             let pki = SimPki::load_or_mint(dir, &args.sans)
                 .with_context(|| format!("preparing certificates in {}", dir.display()))?;
             if matches!(mode, TlsMode::Mtls) { SimTls::Mtls(pki) } else { SimTls::Tls(pki) }
@@ -139,8 +155,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("seeded {} sandboxes", args.seed_sandboxes);
     }
     if let Some(secs) = args.deny_every {
-        if !(secs.is_finite() && secs > 0.0) {
-            bail!("--deny-every must be a positive number of seconds");
+        if !(0.01..=86_400.0).contains(&secs) {
+            bail!("--deny-every takes seconds between 0.01 and 86400");
         }
         sim.start_denial_generator(Duration::from_secs_f64(secs));
     }

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use anyhow::Context as _;
+
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
@@ -119,7 +121,18 @@ pub fn default_sans(extra: &[String]) -> Vec<String> {
 
 impl SimPki {
     /// Mints a new CA, server certificate (for `sans`) and client certificate.
+    /// Each SAN must be a DNS name or an IP literal.
     pub fn mint(sans: &[String]) -> Result<Self, rcgen::Error> {
+        for san in sans {
+            let dns_ok = !san.is_empty()
+                && san.len() <= 253
+                && san
+                    .split('.')
+                    .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*'));
+            if san.parse::<std::net::IpAddr>().is_err() && !dns_ok {
+                return Err(rcgen::Error::InvalidNameType);
+            }
+        }
         let ca = CertAuthority::new("openshell-sim CA")?;
         let server = ca.issue_server(&default_sans(sans), Validity::days(365))?;
         let client = ca.issue_client("openshell-client", Validity::days(365))?;
@@ -127,23 +140,47 @@ impl SimPki {
     }
 
     /// Uses `ca.crt`, `server.crt`, `server.key` (and `client.*` if present)
-    /// from `dir` when they exist; otherwise mints and writes all five.
+    /// from `dir` when they exist; mints and writes all five into an empty
+    /// directory. A partial set is refused rather than overwritten: those
+    /// may be someone's own certificates.
     pub fn load_or_mint(dir: &Path, sans: &[String]) -> anyhow::Result<Self> {
-        let read = |name: &str| std::fs::read_to_string(dir.join(name));
-        if dir.join("ca.crt").exists() && dir.join("server.crt").exists() && dir.join("server.key").exists() {
-            let client = match (read("client.crt"), read("client.key")) {
-                (Ok(cert_pem), Ok(key_pem)) => Some(CertPair { cert_pem, key_pem }),
-                _ => None,
-            };
-            return Ok(Self {
-                ca_pem: read("ca.crt")?,
-                server: CertPair { cert_pem: read("server.crt")?, key_pem: read("server.key")? },
-                client,
-            });
+        const NEEDED: [&str; 3] = ["ca.crt", "server.crt", "server.key"];
+        let present: Vec<&str> = NEEDED.iter().copied().filter(|f| dir.join(f).exists()).collect();
+        if present.is_empty() {
+            for f in ["client.crt", "client.key"] {
+                anyhow::ensure!(
+                    !dir.join(f).exists(),
+                    "{} has {f} but no CA or server certificate; remove it to mint a new set",
+                    dir.display()
+                );
+            }
+            let pki = Self::mint(sans)?;
+            pki.write(dir)?;
+            return Ok(pki);
         }
-        let pki = Self::mint(sans)?;
-        pki.write(dir)?;
-        Ok(pki)
+        let missing: Vec<&str> = NEEDED.iter().copied().filter(|f| !present.contains(f)).collect();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "{} has {} but not {}: add the missing files, or empty the directory to mint a new set",
+            dir.display(),
+            present.join(", "),
+            missing.join(", ")
+        );
+        let read = |name: &str| -> anyhow::Result<String> {
+            let text = std::fs::read_to_string(dir.join(name)).with_context(|| format!("reading {name}"))?;
+            check_pem(&text, name, dir)?;
+            Ok(text)
+        };
+        let client = match (dir.join("client.crt").exists(), dir.join("client.key").exists()) {
+            (true, true) => Some(CertPair { cert_pem: read("client.crt")?, key_pem: read("client.key")? }),
+            (false, false) => None,
+            _ => anyhow::bail!("{} has only one of client.crt and client.key", dir.display()),
+        };
+        Ok(Self {
+            ca_pem: read("ca.crt")?,
+            server: CertPair { cert_pem: read("server.crt")?, key_pem: read("server.key")? },
+            client,
+        })
     }
 
     /// Writes the PEM files; private keys get mode 0600.
@@ -158,6 +195,26 @@ impl SimPki {
         }
         Ok(())
     }
+}
+
+/// A certificate file must hold a certificate, a key file a private key.
+fn check_pem(text: &str, name: &str, dir: &Path) -> anyhow::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    // Our own fixed file names: "server.key", "client.key", "*.crt".
+    let is_key = Path::new(name).extension().is_some_and(|e| e == "key");
+    let ok = if is_key {
+        PrivateKeyDer::from_pem_slice(text.as_bytes()).is_ok()
+    } else {
+        CertificateDer::pem_slice_iter(text.as_bytes()).next().is_some_and(|c| c.is_ok())
+    };
+    anyhow::ensure!(
+        ok,
+        "{}/{name} is not a valid PEM {}; fix it, or empty the directory to mint a new set",
+        dir.display(),
+        if is_key { "private key" } else { "certificate" }
+    );
+    Ok(())
 }
 
 fn write_file(path: &Path, contents: &str, private: bool) -> std::io::Result<()> {

@@ -159,7 +159,10 @@ fn page_bounds(page_size: i32, token: &str) -> Result<(usize, usize), Status> {
 }
 
 fn next_token(offset: usize, size: usize, total: usize) -> String {
-    if offset + size < total { format!("p{:x}", offset + size) } else { String::new() }
+    match offset.checked_add(size) {
+        Some(next) if next < total => format!("p{next:x}"),
+        _ => String::new(),
+    }
 }
 
 fn level_rank(level: &str) -> u8 {
@@ -181,11 +184,22 @@ fn redacted(p: &dm::Provider) -> dm::Provider {
     p
 }
 
-fn check_setting_key(key: &str) -> Result<(), Status> {
-    if SETTING_KEYS.contains(&key) {
-        Ok(())
-    } else {
-        Err(invalid("setting_key", &format!("unknown setting {key:?}; valid keys: {}", SETTING_KEYS.join(", "))))
+fn check_setting(key: &str, value: Option<&sb::SettingValue>) -> Result<(), Status> {
+    use sb::setting_value::Value;
+    if !SETTING_KEYS.contains(&key) {
+        return Err(invalid(
+            "setting_key",
+            &format!("unknown setting {key:?}; valid keys: {}", SETTING_KEYS.join(", ")),
+        ));
+    }
+    let Some(value) = value.and_then(|v| v.value.as_ref()) else { return Ok(()) };
+    match (key, value) {
+        ("proposal_approval_mode", Value::StringValue(s)) if s == "manual" || s == "auto" => Ok(()),
+        ("proposal_approval_mode", _) => {
+            Err(invalid("setting_value", "proposal_approval_mode is \"manual\" or \"auto\""))
+        }
+        (_, Value::BoolValue(_)) => Ok(()),
+        _ => Err(invalid("setting_value", &format!("{key} is a boolean setting"))),
     }
 }
 
@@ -572,7 +586,7 @@ impl OpenShell for SimService {
         self.enter("CreateSandbox", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
-        if let Some(done) = st.replay::<v1::SandboxResponse>(&req.request_id) {
+        if let Some(done) = st.replay::<v1::SandboxResponse>("CreateSandbox", &req.request_id) {
             return Ok(Response::new(done));
         }
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -638,7 +652,7 @@ impl OpenShell for SimService {
         let generation = rec.generation;
         let resp = Self::sandbox_response(&rec);
         st.sandboxes.insert(key.clone(), rec);
-        st.remember(&req.request_id, &resp);
+        st.remember("CreateSandbox", &req.request_id, &resp);
         drop(st);
         match self.0.faults.provisioning() {
             ProvisioningMode::Normal => {
@@ -686,7 +700,7 @@ impl OpenShell for SimService {
         self.enter("DeleteSandbox", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
-        if let Some(done) = st.replay::<v1::DeleteSandboxResponse>(&req.request_id) {
+        if let Some(done) = st.replay::<v1::DeleteSandboxResponse>("DeleteSandbox", &req.request_id) {
             return Ok(Response::new(done));
         }
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -710,7 +724,7 @@ impl OpenShell for SimService {
             self.schedule(key, generation, self.0.timing.transition_delay, Transition::Deleted);
         }
         let resp = v1::DeleteSandboxResponse { outcome: v1::DeletionOutcome::Accepted as i32, sandbox_id: id };
-        st.remember(&req.request_id, &resp);
+        st.remember("DeleteSandbox", &req.request_id, &resp);
         Ok(Response::new(resp))
     }
 
@@ -718,7 +732,7 @@ impl OpenShell for SimService {
         self.enter("StopSandbox", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
-        if let Some(done) = st.replay::<v1::SandboxResponse>(&req.request_id) {
+        if let Some(done) = st.replay::<v1::SandboxResponse>("StopSandbox", &req.request_id) {
             return Ok(Response::new(done));
         }
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -740,7 +754,7 @@ impl OpenShell for SimService {
         self.emit_sandbox(rec);
         let generation = rec.generation;
         let resp = Self::sandbox_response(rec);
-        st.remember(&req.request_id, &resp);
+        st.remember("StopSandbox", &req.request_id, &resp);
         self.schedule(key, generation, self.0.timing.transition_delay, Transition::Stopped);
         Ok(Response::new(resp))
     }
@@ -749,7 +763,7 @@ impl OpenShell for SimService {
         self.enter("StartSandbox", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
-        if let Some(done) = st.replay::<v1::SandboxResponse>(&req.request_id) {
+        if let Some(done) = st.replay::<v1::SandboxResponse>("StartSandbox", &req.request_id) {
             return Ok(Response::new(done));
         }
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -771,7 +785,7 @@ impl OpenShell for SimService {
         self.emit_sandbox(rec);
         let generation = rec.generation;
         let resp = Self::sandbox_response(rec);
-        st.remember(&req.request_id, &resp);
+        st.remember("StartSandbox", &req.request_id, &resp);
         self.schedule(key, generation, self.0.timing.transition_delay, Transition::BecomeReady);
         Ok(Response::new(resp))
     }
@@ -821,7 +835,9 @@ impl OpenShell for SimService {
         if req.command.is_empty() {
             return Err(invalid("command", "command must not be empty"));
         }
-        let output = {
+        // Subscribed before the command starts: a delete during it must end it.
+        let mut events = self.0.events.subscribe();
+        let (sandbox_id, output) = {
             let mut st = lock(&self.0);
             let ws = workspace(&st, req.workspace_scope.as_ref())?;
             let rec = st.sandbox_mut(&ws, &req.sandbox)?;
@@ -830,7 +846,7 @@ impl OpenShell for SimService {
             }
             self.log(rec, "info", "sandbox", format!("exec: {}", req.command.join(" ")));
             let env: BTreeMap<_, _> = req.environment.clone().into_iter().collect();
-            crate::exec::run(&req.command, &env, &req.workdir, &req.stdin)
+            (rec.id().to_owned(), crate::exec::run(&req.command, &env, &req.workdir, &req.stdin))
         };
         let limit = req.execution_timeout.and_then(|d| Duration::try_from(d).ok()).filter(|d| !d.is_zero());
         let (tx, rx) = mpsc::channel(16);
@@ -848,10 +864,23 @@ impl OpenShell for SimService {
             let mut code = output.exit_code;
             if !output.sleep.is_zero() {
                 let wait = limit.map_or(output.sleep, |l| l.min(output.sleep));
+                let gone = async {
+                    loop {
+                        match events.recv().await {
+                            Ok(SimEvent::Gone { sandbox_id: id }) if id == sandbox_id => return,
+                            Ok(SimEvent::Reset) | Err(broadcast::error::RecvError::Closed) => return,
+                            _ => {}
+                        }
+                    }
+                };
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = tx.closed() => return,
                     () = shutdown.cancelled() => return,
+                    () = gone => {
+                        let _ = tx.send(Err(Status::aborted("the sandbox was deleted while the command ran"))).await;
+                        return;
+                    }
                 }
                 if limit.is_some_and(|l| l < output.sleep) {
                     let msg = b"command timed out\n".to_vec();
@@ -984,7 +1013,7 @@ impl OpenShell for SimService {
         self.enter("CreateProvider", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
-        if let Some(done) = st.replay::<v1::ProviderResponse>(&req.request_id) {
+        if let Some(done) = st.replay::<v1::ProviderResponse>("CreateProvider", &req.request_id) {
             return Ok(Response::new(done));
         }
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1008,7 +1037,7 @@ impl OpenShell for SimService {
         meta.created_time = Some(now());
         let resp = v1::ProviderResponse { provider: Some(redacted(&p)), target_receipts: vec![], mutation_id: uuid() };
         st.providers.insert((ws, name), state::ProviderRec { provider: p });
-        st.remember(&req.request_id, &resp);
+        st.remember("CreateProvider", &req.request_id, &resp);
         Ok(Response::new(resp))
     }
 
@@ -1047,7 +1076,7 @@ impl OpenShell for SimService {
         self.enter("UpdateProvider", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
-        if let Some(done) = st.replay::<v1::ProviderResponse>(&req.request_id) {
+        if let Some(done) = st.replay::<v1::ProviderResponse>("UpdateProvider", &req.request_id) {
             return Ok(Response::new(done));
         }
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1085,7 +1114,7 @@ impl OpenShell for SimService {
         for s in st.sandboxes.values_mut() {
             s.refresh_review_tokens();
         }
-        st.remember(&req.request_id, &resp);
+        st.remember("UpdateProvider", &req.request_id, &resp);
         Ok(Response::new(resp))
     }
 
@@ -1093,6 +1122,9 @@ impl OpenShell for SimService {
         self.enter("DeleteProvider", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
+        if let Some(done) = st.replay::<v1::DeleteProviderResponse>("DeleteProvider", &req.request_id) {
+            return Ok(Response::new(done));
+        }
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
         let key = (ws.clone(), req.name.clone());
         if !st.providers.contains_key(&key) {
@@ -1111,7 +1143,9 @@ impl OpenShell for SimService {
             ));
         }
         st.providers.remove(&key);
-        Ok(Response::new(v1::DeleteProviderResponse { outcome: v1::DeletionOutcome::Completed as i32 }))
+        let resp = v1::DeleteProviderResponse { outcome: v1::DeletionOutcome::Completed as i32 };
+        st.remember("DeleteProvider", &req.request_id, &resp);
+        Ok(Response::new(resp))
     }
 
     async fn list_provider_profiles(
@@ -1172,7 +1206,7 @@ impl OpenShell for SimService {
         self.enter("AttachSandboxProvider", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
-        if let Some(done) = st.replay::<v1::AttachSandboxProviderResponse>(&req.request_id) {
+        if let Some(done) = st.replay::<v1::AttachSandboxProviderResponse>("AttachSandboxProvider", &req.request_id) {
             return Ok(Response::new(done));
         }
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1194,7 +1228,7 @@ impl OpenShell for SimService {
             self.emit_sandbox(rec);
         }
         let resp = v1::AttachSandboxProviderResponse { sandbox: Some(rec.sandbox.clone()), attached, receipt: None };
-        st.remember(&req.request_id, &resp);
+        st.remember("AttachSandboxProvider", &req.request_id, &resp);
         Ok(Response::new(resp))
     }
 
@@ -1205,7 +1239,7 @@ impl OpenShell for SimService {
         self.enter("DetachSandboxProvider", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
-        if let Some(done) = st.replay::<v1::DetachSandboxProviderResponse>(&req.request_id) {
+        if let Some(done) = st.replay::<v1::DetachSandboxProviderResponse>("DetachSandboxProvider", &req.request_id) {
             return Ok(Response::new(done));
         }
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1225,7 +1259,7 @@ impl OpenShell for SimService {
             self.emit_sandbox(rec);
         }
         let resp = v1::DetachSandboxProviderResponse { sandbox: Some(rec.sandbox.clone()), detached, receipt: None };
-        st.remember(&req.request_id, &resp);
+        st.remember("DetachSandboxProvider", &req.request_id, &resp);
         Ok(Response::new(resp))
     }
 
@@ -1278,7 +1312,7 @@ impl OpenShell for SimService {
         self.enter("UpdateConfig", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
-        if let Some(done) = st.replay::<v1::UpdateConfigResponse>(&req.request_id) {
+        if let Some(done) = st.replay::<v1::UpdateConfigResponse>("UpdateConfig", &req.request_id) {
             return Ok(Response::new(done));
         }
         let wants_policy = req.policy.is_some() || !req.merge_operations.is_empty();
@@ -1288,7 +1322,13 @@ impl OpenShell for SimService {
         if req.policy.is_some() && !req.merge_operations.is_empty() {
             return Err(invalid("merge_operations", "send either a full policy or merge operations, not both"));
         }
-        if req.global || req.sandbox.is_empty() {
+        if req.global && !req.sandbox.is_empty() {
+            return Err(invalid("global", "a global change names no sandbox"));
+        }
+        if !req.global && req.sandbox.is_empty() {
+            return Err(invalid("sandbox", "sandbox is required unless global is set"));
+        }
+        if req.global {
             if wants_policy {
                 return Err(precondition(
                     "GLOBAL_POLICY_UNSUPPORTED",
@@ -1296,9 +1336,9 @@ impl OpenShell for SimService {
                 ));
             }
             if req.setting_key.is_empty() {
-                return Err(invalid("sandbox", "sandbox is required unless global is set"));
+                return Err(invalid("setting_key", "a global change needs a setting_key"));
             }
-            check_setting_key(&req.setting_key)?;
+            check_setting(&req.setting_key, req.setting_value.as_ref())?;
             let deleted = if req.delete_setting {
                 st.gateway_settings.remove(&req.setting_key).is_some()
             } else {
@@ -1310,7 +1350,7 @@ impl OpenShell for SimService {
             st.settings_revision += 1;
             let resp =
                 v1::UpdateConfigResponse { settings_revision: st.settings_revision, deleted, ..Default::default() };
-            st.remember(&req.request_id, &resp);
+            st.remember("UpdateConfig", &req.request_id, &resp);
             return Ok(Response::new(resp));
         }
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1321,7 +1361,7 @@ impl OpenShell for SimService {
             return Err(conflict(req.expected_resource_version, current_rv));
         }
         if !req.setting_key.is_empty() {
-            check_setting_key(&req.setting_key)?;
+            check_setting(&req.setting_key, req.setting_value.as_ref())?;
             let rv = st.next_version();
             let rec = st.sandbox_mut(&ws, &req.sandbox)?;
             let deleted = if req.delete_setting {
@@ -1342,7 +1382,7 @@ impl OpenShell for SimService {
                 deleted,
                 annotations: HashMap::new(),
             };
-            st.remember(&req.request_id, &resp);
+            st.remember("UpdateConfig", &req.request_id, &resp);
             return Ok(Response::new(resp));
         }
         if !wants_policy {
@@ -1370,7 +1410,7 @@ impl OpenShell for SimService {
             deleted: false,
             annotations: req.annotations,
         };
-        st.remember(&req.request_id, &resp);
+        st.remember("UpdateConfig", &req.request_id, &resp);
         Ok(Response::new(resp))
     }
 
@@ -1444,7 +1484,7 @@ impl OpenShell for SimService {
         self.enter("ApproveDraftChunk", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
-        if let Some(done) = st.replay::<v1::ApproveDraftChunkResponse>(&req.request_id) {
+        if let Some(done) = st.replay::<v1::ApproveDraftChunkResponse>("ApproveDraftChunk", &req.request_id) {
             return Ok(Response::new(done));
         }
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1453,7 +1493,7 @@ impl OpenShell for SimService {
         let (policy_version, policy_hash) =
             self.approve_locked(&mut st, &key, &req.chunk_id, Some(&req.review_token), "approved by a reviewer")?;
         let resp = v1::ApproveDraftChunkResponse { policy_version, policy_hash };
-        st.remember(&req.request_id, &resp);
+        st.remember("ApproveDraftChunk", &req.request_id, &resp);
         Ok(Response::new(resp))
     }
 
@@ -1461,6 +1501,9 @@ impl OpenShell for SimService {
         self.enter("RejectDraftChunk", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
+        if let Some(done) = st.replay::<v1::RejectDraftChunkResponse>("RejectDraftChunk", &req.request_id) {
+            return Ok(Response::new(done));
+        }
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
         let rec = st.sandbox_mut(&ws, &req.sandbox)?;
         let chunk = rec
@@ -1484,7 +1527,9 @@ impl OpenShell for SimService {
             &req.chunk_id,
         );
         self.draft_notice(rec, 0, format!("chunk {} rejected", req.chunk_id));
-        Ok(Response::new(v1::RejectDraftChunkResponse {}))
+        let resp = v1::RejectDraftChunkResponse {};
+        st.remember("RejectDraftChunk", &req.request_id, &resp);
+        Ok(Response::new(resp))
     }
 
     async fn approve_all_draft_chunks(
@@ -1494,7 +1539,7 @@ impl OpenShell for SimService {
         self.enter("ApproveAllDraftChunks", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
-        if let Some(done) = st.replay::<v1::ApproveAllDraftChunksResponse>(&req.request_id) {
+        if let Some(done) = st.replay::<v1::ApproveAllDraftChunksResponse>("ApproveAllDraftChunks", &req.request_id) {
             return Ok(Response::new(done));
         }
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1546,7 +1591,7 @@ impl OpenShell for SimService {
             chunks_approved: approve.len() as u32,
             chunks_skipped: skipped,
         };
-        st.remember(&req.request_id, &resp);
+        st.remember("ApproveAllDraftChunks", &req.request_id, &resp);
         Ok(Response::new(resp))
     }
 
@@ -1554,6 +1599,9 @@ impl OpenShell for SimService {
         self.enter("EditDraftChunk", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
+        if let Some(done) = st.replay::<v1::EditDraftChunkResponse>("EditDraftChunk", &req.request_id) {
+            return Ok(Response::new(done));
+        }
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
         let rec = st.sandbox_mut(&ws, &req.sandbox)?;
         let rule = req.proposed_rule.ok_or_else(|| invalid("proposed_rule", "proposed_rule is required"))?;
@@ -1578,14 +1626,16 @@ impl OpenShell for SimService {
         chunk.candidate_effective_policy = Some(candidate);
         rec.draft_version += 1;
         rec.history("edited", "proposed rule edited by a reviewer".into(), &req.chunk_id);
-        Ok(Response::new(v1::EditDraftChunkResponse {}))
+        let resp = v1::EditDraftChunkResponse {};
+        st.remember("EditDraftChunk", &req.request_id, &resp);
+        Ok(Response::new(resp))
     }
 
     async fn undo_draft_chunk(&self, r: Request<v1::UndoDraftChunkRequest>) -> Res<v1::UndoDraftChunkResponse> {
         self.enter("UndoDraftChunk", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
-        if let Some(done) = st.replay::<v1::UndoDraftChunkResponse>(&req.request_id) {
+        if let Some(done) = st.replay::<v1::UndoDraftChunkResponse>("UndoDraftChunk", &req.request_id) {
             return Ok(Response::new(done));
         }
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
@@ -1614,7 +1664,7 @@ impl OpenShell for SimService {
         rec.draft_version += 1;
         rec.history("undone", format!("approval undone; policy version {policy_version}"), &req.chunk_id);
         let resp = v1::UndoDraftChunkResponse { policy_version, policy_hash };
-        st.remember(&req.request_id, &resp);
+        st.remember("UndoDraftChunk", &req.request_id, &resp);
         Ok(Response::new(resp))
     }
 
@@ -1622,6 +1672,9 @@ impl OpenShell for SimService {
         self.enter("ClearDraftChunks", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
+        if let Some(done) = st.replay::<v1::ClearDraftChunksResponse>("ClearDraftChunks", &req.request_id) {
+            return Ok(Response::new(done));
+        }
         let ws = workspace(&st, req.workspace_scope.as_ref())?;
         let rec = st.sandbox_mut(&ws, &req.sandbox)?;
         let before = rec.chunks.len();
@@ -1632,7 +1685,9 @@ impl OpenShell for SimService {
             rec.history("cleared", format!("{cleared} pending chunk(s) cleared"), "");
             self.draft_notice(rec, 0, format!("{cleared} chunk(s) cleared"));
         }
-        Ok(Response::new(v1::ClearDraftChunksResponse { chunks_cleared: cleared }))
+        let resp = v1::ClearDraftChunksResponse { chunks_cleared: cleared };
+        st.remember("ClearDraftChunks", &req.request_id, &resp);
+        Ok(Response::new(resp))
     }
 
     async fn get_draft_history(&self, r: Request<v1::GetDraftHistoryRequest>) -> Res<v1::GetDraftHistoryResponse> {
@@ -1649,7 +1704,7 @@ impl OpenShell for SimService {
         self.enter("CreateWorkspace", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
-        if let Some(done) = st.replay::<v1::CreateWorkspaceResponse>(&req.request_id) {
+        if let Some(done) = st.replay::<v1::CreateWorkspaceResponse>("CreateWorkspace", &req.request_id) {
             return Ok(Response::new(done));
         }
         valid_name("name", &req.name)?;
@@ -1658,7 +1713,7 @@ impl OpenShell for SimService {
         }
         let ws = st.add_workspace(&req.name, req.labels);
         let resp = v1::CreateWorkspaceResponse { workspace: Some(ws) };
-        st.remember(&req.request_id, &resp);
+        st.remember("CreateWorkspace", &req.request_id, &resp);
         Ok(Response::new(resp))
     }
 
@@ -1696,6 +1751,9 @@ impl OpenShell for SimService {
         self.enter("DeleteWorkspace", r.metadata()).await?;
         let req = r.into_inner();
         let mut st = lock(&self.0);
+        if let Some(done) = st.replay::<v1::DeleteWorkspaceResponse>("DeleteWorkspace", &req.request_id) {
+            return Ok(Response::new(done));
+        }
         if !st.workspaces.contains_key(&req.name) {
             if req.allow_missing {
                 return Ok(Response::new(v1::DeleteWorkspaceResponse {
@@ -1711,7 +1769,9 @@ impl OpenShell for SimService {
             return Err(precondition("WORKSPACE_NOT_EMPTY", &format!("workspace {:?} still has sandboxes", req.name)));
         }
         st.workspaces.remove(&req.name);
-        Ok(Response::new(v1::DeleteWorkspaceResponse { outcome: v1::DeletionOutcome::Completed as i32 }))
+        let resp = v1::DeleteWorkspaceResponse { outcome: v1::DeletionOutcome::Completed as i32 };
+        st.remember("DeleteWorkspace", &req.request_id, &resp);
+        Ok(Response::new(resp))
     }
 
     // ------------------------------------------------------------ supervisor-only

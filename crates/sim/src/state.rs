@@ -3,7 +3,6 @@
 //! `service`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::Instant;
 
 use breakwater_wire::{datamodel as dm, sandbox as sb, v1};
 use prost::Message;
@@ -145,7 +144,8 @@ pub(crate) struct State {
     pub gateway_settings: BTreeMap<String, sb::SettingValue>,
     pub settings_revision: u64,
     pub resource_version: u64,
-    idempotency: HashMap<String, (Instant, Vec<u8>)>,
+    /// "Method/request_id" → encoded response.
+    idempotency: HashMap<String, Vec<u8>>,
     idempotency_order: VecDeque<String>,
 }
 
@@ -200,25 +200,29 @@ impl State {
             .ok_or_else(|| Status::not_found(format!("sandbox {name:?} not found in workspace {ws:?}")))
     }
 
-    /// The cached answer to a mutation already performed with this request id.
-    pub(crate) fn replay<T: Message + Default>(&self, request_id: &str) -> Option<T> {
+    /// The cached answer to a `method` call already performed with this
+    /// request id. Keyed by method too: the same id sent to another method
+    /// is a different request.
+    pub(crate) fn replay<T: Message + Default>(&self, method: &str, request_id: &str) -> Option<T> {
         if request_id.is_empty() {
             return None;
         }
-        self.idempotency.get(request_id).and_then(|(_, bytes)| T::decode(bytes.as_slice()).ok())
+        self.idempotency.get(&format!("{method}/{request_id}")).and_then(|bytes| T::decode(bytes.as_slice()).ok())
     }
 
-    pub(crate) fn remember<T: Message>(&mut self, request_id: &str, response: &T) {
+    pub(crate) fn remember<T: Message>(&mut self, method: &str, request_id: &str, response: &T) {
         if request_id.is_empty() {
             return;
         }
+        let request_id = format!("{method}/{request_id}");
+        let request_id = request_id.as_str();
         if self.idempotency_order.len() >= IDEMPOTENCY_CACHE
             && let Some(old) = self.idempotency_order.pop_front()
         {
             self.idempotency.remove(&old);
         }
         self.idempotency_order.push_back(request_id.to_owned());
-        self.idempotency.insert(request_id.to_owned(), (Instant::now(), response.encode_to_vec()));
+        self.idempotency.insert(request_id.to_owned(), response.encode_to_vec());
     }
 
     /// Sandboxes that list `provider` among their providers.

@@ -153,3 +153,114 @@ async fn auto_approval_mode_approves_unflagged_chunks_itself() {
         .into_inner();
     assert!(history.entries.iter().any(|e| e.event_type == "approved" && e.description.contains("gateway")));
 }
+
+#[tokio::test]
+async fn an_absurd_page_token_is_invalid_not_a_crash() {
+    let (_sim, mut client) = plaintext().await;
+    let err = client
+        .list_sandboxes(v1::ListSandboxesRequest {
+            workspace_scope: default_ws(),
+            page_token: "pffffffffffffffff".into(),
+            ..Default::default()
+        })
+        .await;
+    // Past the end is an empty last page, never a panic.
+    let page = err.unwrap().into_inner();
+    assert!(page.sandboxes.is_empty() && page.next_page_token.is_empty());
+}
+
+#[tokio::test]
+async fn request_ids_are_scoped_to_their_method() {
+    let (sim, mut client) = plaintext().await;
+    let mut req = create("first");
+    req.request_id = "shared-id".into();
+    client.create_sandbox(req).await.unwrap();
+    let ws = client
+        .create_workspace(v1::CreateWorkspaceRequest {
+            name: "team".into(),
+            request_id: "shared-id".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ws.workspace.unwrap().metadata.unwrap().name, "team");
+    assert_eq!(sim.sandbox_count(), 1);
+}
+
+#[tokio::test]
+async fn retried_rejects_and_clears_answer_like_the_first_time() {
+    let (sim, mut client) = plaintext().await;
+    client.create_sandbox(create("idem-drafts")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let chunk = sim.inject_denial("default", "idem-drafts", "pypi.org", 443, "/usr/bin/pip").unwrap();
+    let reject = v1::RejectDraftChunkRequest {
+        sandbox: "idem-drafts".into(),
+        chunk_id: chunk,
+        reason: "no".into(),
+        workspace_scope: default_ws(),
+        request_id: "rej-1".into(),
+    };
+    client.reject_draft_chunk(reject.clone()).await.unwrap();
+    client.reject_draft_chunk(reject).await.expect("the repeat is answered from the first outcome");
+    sim.inject_denial("default", "idem-drafts", "npmjs.org", 443, "/usr/bin/npm").unwrap();
+    let clear = v1::ClearDraftChunksRequest {
+        sandbox: "idem-drafts".into(),
+        workspace_scope: default_ws(),
+        request_id: "clr-1".into(),
+    };
+    let a = client.clear_draft_chunks(clear.clone()).await.unwrap().into_inner();
+    let b = client.clear_draft_chunks(clear).await.unwrap().into_inner();
+    assert_eq!((a.chunks_cleared, b.chunks_cleared), (1, 1));
+}
+
+#[tokio::test]
+async fn settings_values_and_scopes_are_checked() {
+    let (_sim, mut client) = plaintext().await;
+    let string = |s: &str| {
+        Some(breakwater_wire::sandbox::SettingValue {
+            value: Some(breakwater_wire::sandbox::setting_value::Value::StringValue(s.into())),
+        })
+    };
+    let global = |key: &str, value| v1::UpdateConfigRequest {
+        global: true,
+        setting_key: key.into(),
+        setting_value: value,
+        ..Default::default()
+    };
+    let err = client.update_config(global("proposal_approval_mode", string("banana"))).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = client.update_config(global("ocsf_json_enabled", string("yes"))).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut no_sandbox = global("ocsf_json_enabled", None);
+    no_sandbox.global = false;
+    let err = client.update_config(no_sandbox).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "a sandbox setting needs a sandbox");
+}
+
+#[tokio::test]
+async fn deleting_a_sandbox_ends_a_running_exec() {
+    let (_sim, mut client) = plaintext().await;
+    client.create_sandbox(create("doomed")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut stream = client
+        .exec_sandbox(v1::ExecSandboxRequest {
+            sandbox: "doomed".into(),
+            command: vec!["sleep".into(), "30".into()],
+            workspace_scope: default_ws(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .delete_sandbox(v1::DeleteSandboxRequest {
+            name: "doomed".into(),
+            workspace_scope: default_ws(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("exec ends promptly");
+    assert_eq!(end.unwrap_err().code(), Code::Aborted);
+}
