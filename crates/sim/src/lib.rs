@@ -150,6 +150,10 @@ impl Sim {
                             Ok(conn) => conn,
                             Err(e) => return Some((Err(e), listener)),
                         };
+                        // Our own incoming stream bypasses the builder's
+                        // tcp_nodelay; without it, small responses wait on
+                        // Nagle and delayed ACKs (~40 ms each).
+                        let _ = tcp.set_nodelay(true);
                         if faults.refusing() {
                             drop(tcp); // simulated outage: close at once
                             continue;
