@@ -571,10 +571,7 @@ impl Gateway for GrpcGateway {
                 c.attach_sandbox_provider(r).await
             })
             .await?;
-        Ok(ProviderAttachment {
-            sandbox_providers: resp.sandbox.and_then(|s| s.spec).map(|s| s.providers).unwrap_or_default(),
-            changed: resp.attached,
-        })
+        Ok(map::attachment(resp.sandbox, resp.attached))
     }
 
     async fn detach_provider(
@@ -595,10 +592,7 @@ impl Gateway for GrpcGateway {
                 c.detach_sandbox_provider(r).await
             })
             .await?;
-        Ok(ProviderAttachment {
-            sandbox_providers: resp.sandbox.and_then(|s| s.spec).map(|s| s.providers).unwrap_or_default(),
-            changed: resp.detached,
-        })
+        Ok(map::attachment(resp.sandbox, resp.detached))
     }
 
     async fn sandbox_config(&self, ws: &WorkspaceName, name: &SandboxName) -> Result<SandboxConfig> {

@@ -16,7 +16,7 @@ use breakwater_domain::policy::{
     NetworkMiddleware, NetworkRule, Policy, PolicyMergeOp, PolicyRevision, PolicySource, PolicyStatus, ProcessPolicy,
     QueryMatcher, SandboxConfig, SettingValue, TlsMode,
 };
-use breakwater_domain::provider::{ProfileCredential, Provider, ProviderProfile};
+use breakwater_domain::provider::{ProfileCredential, Provider, ProviderAttachment, ProviderProfile};
 use breakwater_domain::sandbox::{
     DeletionOutcome, DraftPolicyUpdate, ExecEvent, LogLine, PlatformEvent, Sandbox, SandboxCondition, SandboxPhase,
     SshSession, WatchEvent,
@@ -783,6 +783,11 @@ pub(crate) fn provider(p: dm::Provider) -> Provider {
 
 pub(crate) fn provider_response(r: v1::ProviderResponse) -> Result<Provider, GatewayError> {
     r.provider.map(provider).ok_or_else(|| missing("provider"))
+}
+
+pub(crate) fn attachment(sandbox: Option<v1::Sandbox>, changed: bool) -> ProviderAttachment {
+    let providers = sandbox.and_then(|s| s.spec).map(|s| s.providers).unwrap_or_default();
+    ProviderAttachment { sandbox_providers: providers.into_iter().map(text).collect(), changed }
 }
 
 pub(crate) fn profile(p: v1::ProviderProfile) -> ProviderProfile {

@@ -85,6 +85,16 @@ enum Transition {
     LoadPolicy(u32),
 }
 
+/// The shape of a stop or a start.
+struct PowerStep {
+    method: &'static str,
+    from: v1::SandboxPhase,
+    already: [v1::SandboxPhase; 2],
+    through: (v1::SandboxPhase, &'static str, &'static str),
+    then: Transition,
+    refusal: (&'static str, &'static str),
+}
+
 #[derive(Clone)]
 pub(crate) struct SimService(pub Arc<Inner>);
 
@@ -528,6 +538,39 @@ impl SimService {
         Ok((version, hash))
     }
 
+    /// Stop or start: from one phase, through a transitional one, to the
+    /// next on a timer. Repeating it while already on the way is a no-op.
+    fn power(
+        &self,
+        step: &PowerStep,
+        scope: Option<&dm::WorkspaceSelector>,
+        name: &str,
+        request_id: &str,
+    ) -> Result<v1::SandboxResponse, Status> {
+        let mut st = lock(&self.0);
+        if let Some(done) = st.replay::<v1::SandboxResponse>(step.method, request_id) {
+            return Ok(done);
+        }
+        let ws = workspace(&st, scope)?;
+        let rec = st.sandbox_mut(&ws, name)?;
+        let phase = rec.phase();
+        if step.already.contains(&phase) {
+            return Ok(Self::sandbox_response(rec));
+        }
+        if phase != step.from {
+            let (reason, rule) = step.refusal;
+            return Err(precondition(reason, &format!("sandbox is {}, {rule}", phase.as_str_name())));
+        }
+        let (through, reason, message) = step.through;
+        rec.set_phase(through, ("False", reason, message));
+        self.emit_sandbox(rec);
+        let generation = rec.generation;
+        let resp = Self::sandbox_response(rec);
+        st.remember(step.method, request_id, &resp);
+        self.schedule((ws, name.to_owned()), generation, self.0.timing.transition_delay, step.then);
+        Ok(resp)
+    }
+
     fn sandbox_response(rec: &SandboxRec) -> v1::SandboxResponse {
         v1::SandboxResponse { sandbox: Some(rec.sandbox.clone()), service_urls: HashMap::new() }
     }
@@ -731,63 +774,29 @@ impl OpenShell for SimService {
     async fn stop_sandbox(&self, r: Request<v1::StopSandboxRequest>) -> Res<v1::SandboxResponse> {
         self.enter("StopSandbox", r.metadata()).await?;
         let req = r.into_inner();
-        let mut st = lock(&self.0);
-        if let Some(done) = st.replay::<v1::SandboxResponse>("StopSandbox", &req.request_id) {
-            return Ok(Response::new(done));
-        }
-        let ws = workspace(&st, req.workspace_scope.as_ref())?;
-        let key = (ws.clone(), req.name.clone());
-        let rec = st.sandbox_mut(&ws, &req.name)?;
-        match rec.phase() {
-            v1::SandboxPhase::Ready => {}
-            v1::SandboxPhase::Stopped | v1::SandboxPhase::Stopping => {
-                return Ok(Response::new(Self::sandbox_response(rec)));
-            }
-            other => {
-                return Err(precondition(
-                    "SANDBOX_NOT_RUNNING",
-                    &format!("sandbox is {}, it can only be stopped when ready", other.as_str_name()),
-                ));
-            }
-        }
-        rec.set_phase(v1::SandboxPhase::Stopping, ("False", "Stopping", "sandbox is stopping"));
-        self.emit_sandbox(rec);
-        let generation = rec.generation;
-        let resp = Self::sandbox_response(rec);
-        st.remember("StopSandbox", &req.request_id, &resp);
-        self.schedule(key, generation, self.0.timing.transition_delay, Transition::Stopped);
-        Ok(Response::new(resp))
+        let step = PowerStep {
+            method: "StopSandbox",
+            from: v1::SandboxPhase::Ready,
+            already: [v1::SandboxPhase::Stopped, v1::SandboxPhase::Stopping],
+            through: (v1::SandboxPhase::Stopping, "Stopping", "sandbox is stopping"),
+            then: Transition::Stopped,
+            refusal: ("SANDBOX_NOT_RUNNING", "it can only be stopped when ready"),
+        };
+        self.power(&step, req.workspace_scope.as_ref(), &req.name, &req.request_id).map(Response::new)
     }
 
     async fn start_sandbox(&self, r: Request<v1::StartSandboxRequest>) -> Res<v1::SandboxResponse> {
         self.enter("StartSandbox", r.metadata()).await?;
         let req = r.into_inner();
-        let mut st = lock(&self.0);
-        if let Some(done) = st.replay::<v1::SandboxResponse>("StartSandbox", &req.request_id) {
-            return Ok(Response::new(done));
-        }
-        let ws = workspace(&st, req.workspace_scope.as_ref())?;
-        let key = (ws.clone(), req.name.clone());
-        let rec = st.sandbox_mut(&ws, &req.name)?;
-        match rec.phase() {
-            v1::SandboxPhase::Stopped => {}
-            v1::SandboxPhase::Ready | v1::SandboxPhase::Starting => {
-                return Ok(Response::new(Self::sandbox_response(rec)));
-            }
-            other => {
-                return Err(precondition(
-                    "SANDBOX_NOT_STOPPED",
-                    &format!("sandbox is {}, it can only be started when stopped", other.as_str_name()),
-                ));
-            }
-        }
-        rec.set_phase(v1::SandboxPhase::Starting, ("False", "Starting", "sandbox is starting"));
-        self.emit_sandbox(rec);
-        let generation = rec.generation;
-        let resp = Self::sandbox_response(rec);
-        st.remember("StartSandbox", &req.request_id, &resp);
-        self.schedule(key, generation, self.0.timing.transition_delay, Transition::BecomeReady);
-        Ok(Response::new(resp))
+        let step = PowerStep {
+            method: "StartSandbox",
+            from: v1::SandboxPhase::Stopped,
+            already: [v1::SandboxPhase::Ready, v1::SandboxPhase::Starting],
+            through: (v1::SandboxPhase::Starting, "Starting", "sandbox is starting"),
+            then: Transition::BecomeReady,
+            refusal: ("SANDBOX_NOT_STOPPED", "it can only be started when stopped"),
+        };
+        self.power(&step, req.workspace_scope.as_ref(), &req.name, &req.request_id).map(Response::new)
     }
 
     async fn create_ssh_session(&self, r: Request<v1::CreateSshSessionRequest>) -> Res<v1::CreateSshSessionResponse> {
