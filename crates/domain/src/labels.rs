@@ -102,6 +102,11 @@ impl LabelSelector {
         Ok(Self(map))
     }
 
+    /// The required `(key, value)` pairs, ordered by key.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     #[must_use]
     pub fn from_labels(labels: &Labels) -> Self {
         Self(labels.0.clone())

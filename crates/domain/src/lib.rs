@@ -11,12 +11,14 @@ pub mod names;
 pub mod page;
 pub mod policy;
 pub mod provider;
+pub mod registry;
 pub mod sandbox;
 pub mod secret;
 
 pub use labels::{LabelSelector, Labels};
 pub use names::{ProviderName, SandboxName, WorkspaceName};
 pub use page::{Page, PageRequest};
+pub use registry::GatewayName;
 pub use secret::Secret;
 
 /// Everything that can be wrong with a domain value.

@@ -1,0 +1,565 @@
+//! Persistence behind one trait, [`Store`], with SQLite (the embedded
+//! default) and PostgreSQL implementations, each with its own migrations.
+//!
+//! Both implementations share their SQL: `$N` placeholders work in SQLite
+//! too, and each backend's migrations give the columns types that decode to
+//! the same Rust values. The `impl_store!` macro instantiates the one body
+//! for each pool type, so the two cannot drift apart.
+#![forbid(unsafe_code)]
+
+mod cipher;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use breakwater_domain::registry::{
+    AuditEntry, AuditFilter, AuthMode, GatewayHealth, GatewayMetadataPatch, GatewayName, GatewayRecord, GatewayStatus,
+    NewAuditEntry, audit_hash,
+};
+use breakwater_domain::{LabelSelector, Secret};
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::types::Json;
+use sqlx::{Row, postgres::PgPoolOptions, sqlite::SqlitePoolOptions};
+
+pub use cipher::{CipherError, SecretCipher};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Cipher(#[from] CipherError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::RowNotFound => Self::NotFound("row".into()),
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                Self::Unavailable(e.to_string())
+            }
+            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict(db.message().to_owned()),
+            _ => Self::Database(e.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A gateway to add to the registry.
+#[derive(Clone, Debug)]
+pub struct NewGateway {
+    pub name: GatewayName,
+    pub endpoint: String,
+    pub scheme: String,
+    pub auth_mode: AuthMode,
+    pub skip_server_verification: bool,
+    pub ca_cert: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<Secret>,
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    pub description: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The persistence operations Breakwater needs. Every implementation encrypts
+/// secret material (client keys) before it reaches the database.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Cheap liveness check for `/readyz`.
+    async fn ping(&self) -> Result<()>;
+
+    async fn insert_gateway(&self, g: &NewGateway) -> Result<GatewayRecord>;
+    async fn delete_gateway(&self, name: &GatewayName) -> Result<bool>;
+    async fn get_gateway(&self, name: &GatewayName) -> Result<Option<GatewayRecord>>;
+    /// Ordered by name; every selector pair must match. Returns the page and the total.
+    async fn list_gateways(
+        &self,
+        selector: &LabelSelector,
+        limit: u32,
+        offset: u32,
+    ) -> Result<(Vec<GatewayRecord>, u64)>;
+    async fn update_gateway_health(&self, name: &GatewayName, health: &GatewayHealth) -> Result<()>;
+    async fn update_gateway_metadata(&self, name: &GatewayName, patch: &GatewayMetadataPatch) -> Result<GatewayRecord>;
+
+    /// Numbers and chains a new entry, atomically with the chain head.
+    async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry>;
+    /// Newest first. Returns the page and the total matching.
+    async fn list_audit(&self, filter: &AuditFilter, limit: u32, offset: u32) -> Result<(Vec<AuditEntry>, u64)>;
+    /// Oldest first, entries with `seq > after`, at most `limit`.
+    async fn audit_after(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>>;
+    /// (anchor seq, anchor hash): where verification starts after retention.
+    async fn audit_anchor(&self) -> Result<(i64, String)>;
+    /// Deletes entries older than `cutoff`, moving the anchor to the newest
+    /// deleted one so the rest of the chain still verifies.
+    async fn delete_audit_before(&self, cutoff: DateTime<Utc>) -> Result<u64>;
+}
+
+/// How long to keep retrying while the database is not reachable yet.
+pub const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+async fn with_connect_retry<T, F, Fut>(what: &str, patience: Duration, mut connect: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+{
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match connect().await {
+            Ok(v) => return Ok(v),
+            Err(e) if started.elapsed() + delay < patience => {
+                tracing::warn!(error = %e, ?delay, "{what} is not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(StoreError::Unavailable(format!("{what}: {e}"))),
+        }
+    }
+}
+
+fn status_of(raw: &str) -> Result<GatewayStatus> {
+    GatewayStatus::parse(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Timestamps are kept at microsecond precision: what PostgreSQL stores, so
+/// hashes computed before and after a round trip agree.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+macro_rules! impl_store {
+    ($store:ident, $db:ty, $pool:ty) => {
+        #[async_trait]
+        impl Store for $store {
+            async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn insert_gateway(&self, g: &NewGateway) -> Result<GatewayRecord> {
+                let key = g.client_key.as_ref().map(|k| self.cipher.encrypt(k.expose().as_bytes())).transpose()?;
+                let at = now();
+                let mut tx = self.pool.begin().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO gateways (name, endpoint, scheme, auth_mode, skip_server_verification, ca_cert, \
+                     client_cert, client_key_enc, metadata, description, registered_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+                )
+                .bind(g.name.as_str())
+                .bind(&g.endpoint)
+                .bind(&g.scheme)
+                .bind(g.auth_mode.as_str())
+                .bind(g.skip_server_verification)
+                .bind(&g.ca_cert)
+                .bind(&g.client_cert)
+                .bind(key)
+                .bind(Json(&g.metadata))
+                .bind(&g.description)
+                .bind(at)
+                .execute(&mut *tx)
+                .await;
+                match inserted {
+                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                        return Err(StoreError::Conflict(format!("gateway {}", g.name)));
+                    }
+                    other => {
+                        other?;
+                    }
+                }
+                for (k, v) in &g.labels {
+                    sqlx::query("INSERT INTO gateway_labels (gateway, key, value) VALUES ($1, $2, $3)")
+                        .bind(g.name.as_str())
+                        .bind(k)
+                        .bind(v)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                self.get_gateway(&g.name).await?.ok_or_else(|| StoreError::NotFound(format!("gateway {}", g.name)))
+            }
+
+            async fn delete_gateway(&self, name: &GatewayName) -> Result<bool> {
+                let done = sqlx::query("DELETE FROM gateways WHERE name = $1").bind(name.as_str()).execute(&self.pool).await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn get_gateway(&self, name: &GatewayName) -> Result<Option<GatewayRecord>> {
+                let row = sqlx::query(GATEWAY_SELECT_ONE).bind(name.as_str()).fetch_optional(&self.pool).await?;
+                let Some(row) = row else { return Ok(None) };
+                let labels = self.labels_of(&[name.as_str().to_owned()]).await?;
+                Ok(Some(self.gateway_from_row(&row, &labels)?))
+            }
+
+            async fn list_gateways(
+                &self,
+                selector: &LabelSelector,
+                limit: u32,
+                offset: u32,
+            ) -> Result<(Vec<GatewayRecord>, u64)> {
+                let mut count = sqlx::QueryBuilder::<$db>::new("SELECT COUNT(*) FROM gateways WHERE 1 = 1");
+                let mut list = sqlx::QueryBuilder::<$db>::new(GATEWAY_SELECT);
+                list.push(" WHERE 1 = 1");
+                for (k, v) in selector.pairs() {
+                    for q in [&mut count, &mut list] {
+                        q.push(" AND name IN (SELECT gateway FROM gateway_labels WHERE key = ");
+                        q.push_bind(k.to_owned());
+                        q.push(" AND value = ");
+                        q.push_bind(v.to_owned());
+                        q.push(")");
+                    }
+                }
+                let total: i64 = count.build().fetch_one(&self.pool).await?.try_get(0)?;
+                list.push(" ORDER BY name LIMIT ");
+                list.push_bind(i64::from(limit));
+                list.push(" OFFSET ");
+                list.push_bind(i64::from(offset));
+                let rows = list.build().fetch_all(&self.pool).await?;
+                let names: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>("name")).collect::<Result<_, _>>()?;
+                let labels = self.labels_of(&names).await?;
+                let items = rows.iter().map(|r| self.gateway_from_row(r, &labels)).collect::<Result<Vec<_>>>()?;
+                Ok((items, u64::try_from(total).unwrap_or(0)))
+            }
+
+            async fn update_gateway_health(&self, name: &GatewayName, h: &GatewayHealth) -> Result<()> {
+                sqlx::query(
+                    "UPDATE gateways SET status = $2, error_code = $3, error = $4, \
+                     version = COALESCE($5, version), checked_at = $6, last_seen = COALESCE($7, last_seen) \
+                     WHERE name = $1",
+                )
+                .bind(name.as_str())
+                .bind(h.status.as_str())
+                .bind(&h.error_code)
+                .bind(&h.error)
+                .bind(&h.version)
+                .bind(h.checked_at.map(|t| t.trunc_subsecs(6)))
+                .bind(h.last_seen.map(|t| t.trunc_subsecs(6)))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn update_gateway_metadata(
+                &self,
+                name: &GatewayName,
+                patch: &GatewayMetadataPatch,
+            ) -> Result<GatewayRecord> {
+                let mut tx = self.pool.begin().await?;
+                let found = sqlx::query("UPDATE gateways SET updated_at = $2 WHERE name = $1")
+                    .bind(name.as_str())
+                    .bind(now())
+                    .execute(&mut *tx)
+                    .await?;
+                if found.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("gateway {name}")));
+                }
+                if let Some(description) = &patch.description {
+                    sqlx::query("UPDATE gateways SET description = $2 WHERE name = $1")
+                        .bind(name.as_str())
+                        .bind(description)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if let Some(labels) = &patch.labels {
+                    sqlx::query("DELETE FROM gateway_labels WHERE gateway = $1").bind(name.as_str()).execute(&mut *tx).await?;
+                    for (k, v) in labels.iter().flatten() {
+                        sqlx::query("INSERT INTO gateway_labels (gateway, key, value) VALUES ($1, $2, $3)")
+                            .bind(name.as_str())
+                            .bind(k)
+                            .bind(v)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                tx.commit().await?;
+                self.get_gateway(name).await?.ok_or_else(|| StoreError::NotFound(format!("gateway {name}")))
+            }
+
+            async fn append_audit(&self, e: &NewAuditEntry) -> Result<AuditEntry> {
+                let mut tx = self.pool.begin().await?;
+                // Taking the chain row first serialises appenders (a row lock
+                // in PostgreSQL, the write lock in SQLite).
+                let head = sqlx::query("UPDATE audit_chain SET seq = seq + 1 WHERE id = 1 RETURNING seq, head_hash")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let seq: i64 = head.try_get("seq")?;
+                let prev_hash: String = head.try_get("head_hash")?;
+                let id = uuid::Uuid::new_v4().to_string();
+                let at = now();
+                let hash = audit_hash(seq, e, &id, at, &prev_hash);
+                sqlx::query(
+                    "INSERT INTO audit_log (seq, id, at, actor, role, client_ip, action, resource_type, resource_id, \
+                     gateway, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(seq)
+                .bind(&id)
+                .bind(at)
+                .bind(&e.actor)
+                .bind(&e.role)
+                .bind(&e.client_ip)
+                .bind(&e.action)
+                .bind(&e.resource_type)
+                .bind(&e.resource_id)
+                .bind(&e.gateway)
+                .bind(Json(&e.detail))
+                .bind(&prev_hash)
+                .bind(&hash)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE audit_chain SET head_hash = $1 WHERE id = 1").bind(&hash).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(AuditEntry {
+                    seq,
+                    id,
+                    at,
+                    actor: e.actor.clone(),
+                    role: e.role.clone(),
+                    client_ip: e.client_ip.clone(),
+                    action: e.action.clone(),
+                    resource_type: e.resource_type.clone(),
+                    resource_id: e.resource_id.clone(),
+                    gateway: e.gateway.clone(),
+                    detail: e.detail.clone(),
+                    prev_hash,
+                    hash,
+                })
+            }
+
+            async fn list_audit(&self, f: &AuditFilter, limit: u32, offset: u32) -> Result<(Vec<AuditEntry>, u64)> {
+                let mut count = sqlx::QueryBuilder::<$db>::new("SELECT COUNT(*) FROM audit_log WHERE 1 = 1");
+                let mut list = sqlx::QueryBuilder::<$db>::new(AUDIT_SELECT);
+                list.push(" WHERE 1 = 1");
+                for q in [&mut count, &mut list] {
+                    if let Some(v) = &f.actor {
+                        q.push(" AND actor = ").push_bind(v.clone());
+                    }
+                    if let Some(v) = &f.action {
+                        q.push(" AND action = ").push_bind(v.clone());
+                    }
+                    if let Some(v) = &f.resource_type {
+                        q.push(" AND resource_type = ").push_bind(v.clone());
+                    }
+                    if let Some(v) = &f.gateway {
+                        q.push(" AND gateway = ").push_bind(v.clone());
+                    }
+                    if let Some(v) = f.since {
+                        q.push(" AND at >= ").push_bind(v);
+                    }
+                    if let Some(v) = f.until {
+                        q.push(" AND at < ").push_bind(v);
+                    }
+                }
+                let total: i64 = count.build().fetch_one(&self.pool).await?.try_get(0)?;
+                list.push(" ORDER BY seq DESC LIMIT ").push_bind(i64::from(limit));
+                list.push(" OFFSET ").push_bind(i64::from(offset));
+                let rows = list.build().fetch_all(&self.pool).await?;
+                let items = rows.iter().map(audit_from_row).collect::<Result<Vec<_>>>()?;
+                Ok((items, u64::try_from(total).unwrap_or(0)))
+            }
+
+            async fn audit_after(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>> {
+                let sql = format!("{AUDIT_SELECT} WHERE seq > $1 ORDER BY seq LIMIT $2");
+                let rows = sqlx::query(&sql).bind(after).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+                rows.iter().map(audit_from_row).collect()
+            }
+
+            async fn audit_anchor(&self) -> Result<(i64, String)> {
+                let row = sqlx::query("SELECT anchor_seq, anchor_hash FROM audit_chain WHERE id = 1")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok((row.try_get("anchor_seq")?, row.try_get("anchor_hash")?))
+            }
+
+            async fn delete_audit_before(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+                let mut tx = self.pool.begin().await?;
+                // Lock the chain first, like appends do.
+                sqlx::query("UPDATE audit_chain SET seq = seq WHERE id = 1").execute(&mut *tx).await?;
+                let last = sqlx::query("SELECT seq, hash FROM audit_log WHERE at < $1 ORDER BY seq DESC LIMIT 1")
+                    .bind(cutoff)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(last) = last else { return Ok(0) };
+                let (seq, hash): (i64, String) = (last.try_get("seq")?, last.try_get("hash")?);
+                let deleted = sqlx::query("DELETE FROM audit_log WHERE seq <= $1").bind(seq).execute(&mut *tx).await?;
+                sqlx::query("UPDATE audit_chain SET anchor_seq = $1, anchor_hash = $2 WHERE id = 1")
+                    .bind(seq)
+                    .bind(&hash)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(deleted.rows_affected())
+            }
+        }
+
+        impl $store {
+            async fn labels_of(&self, names: &[String]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+                let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+                if names.is_empty() {
+                    return Ok(out);
+                }
+                let mut q = sqlx::QueryBuilder::<$db>::new("SELECT gateway, key, value FROM gateway_labels WHERE gateway IN (");
+                let mut sep = q.separated(", ");
+                for n in names {
+                    sep.push_bind(n.clone());
+                }
+                q.push(")");
+                for row in q.build().fetch_all(&self.pool).await? {
+                    out.entry(row.try_get("gateway")?).or_default().insert(row.try_get("key")?, row.try_get("value")?);
+                }
+                Ok(out)
+            }
+
+            fn gateway_from_row(
+                &self,
+                row: &<$db as sqlx::Database>::Row,
+                labels: &BTreeMap<String, BTreeMap<String, String>>,
+            ) -> Result<GatewayRecord> {
+                let name: String = row.try_get("name")?;
+                let key: Option<Vec<u8>> = row.try_get("client_key_enc")?;
+                let client_key = key
+                    .map(|k| self.cipher.decrypt(&k))
+                    .transpose()?
+                    .map(|bytes| String::from_utf8(bytes).map(Secret::new))
+                    .transpose()
+                    .map_err(|_| StoreError::Corrupt("client key is not UTF-8".into()))?;
+                let Json(metadata): Json<BTreeMap<String, serde_json::Value>> = row.try_get("metadata")?;
+                let auth: String = row.try_get("auth_mode")?;
+                let status: String = row.try_get("status")?;
+                Ok(GatewayRecord {
+                    labels: labels.get(&name).cloned().unwrap_or_default(),
+                    name: GatewayName::parse(&name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    endpoint: row.try_get("endpoint")?,
+                    scheme: row.try_get("scheme")?,
+                    auth_mode: AuthMode::parse(&auth).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    skip_server_verification: row.try_get("skip_server_verification")?,
+                    ca_cert: row.try_get("ca_cert")?,
+                    client_cert: row.try_get("client_cert")?,
+                    client_key,
+                    metadata,
+                    description: row.try_get("description")?,
+                    health: GatewayHealth {
+                        status: status_of(&status)?,
+                        error_code: row.try_get("error_code")?,
+                        error: row.try_get("error")?,
+                        version: row.try_get("version")?,
+                        checked_at: row.try_get("checked_at")?,
+                        last_seen: row.try_get("last_seen")?,
+                    },
+                    registered_at: row.try_get("registered_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            }
+        }
+    };
+}
+
+const GATEWAY_SELECT: &str = "SELECT name, endpoint, scheme, auth_mode, skip_server_verification, ca_cert, client_cert, \
+     client_key_enc, metadata, description, status, error_code, error, version, checked_at, last_seen, registered_at, \
+     updated_at FROM gateways";
+const GATEWAY_SELECT_ONE: &str = "SELECT name, endpoint, scheme, auth_mode, skip_server_verification, ca_cert, \
+     client_cert, client_key_enc, metadata, description, status, error_code, error, version, checked_at, last_seen, \
+     registered_at, updated_at FROM gateways WHERE name = $1";
+const AUDIT_SELECT: &str = "SELECT seq, id, at, actor, role, client_ip, action, resource_type, resource_id, gateway, \
+     detail, prev_hash, hash FROM audit_log";
+
+fn audit_from_row<R: Row>(row: &R) -> Result<AuditEntry>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    DateTime<Utc>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Json<serde_json::Value>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let Json(detail): Json<serde_json::Value> = row.try_get("detail")?;
+    Ok(AuditEntry {
+        seq: row.try_get("seq")?,
+        id: row.try_get("id")?,
+        at: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        role: row.try_get("role")?,
+        client_ip: row.try_get("client_ip")?,
+        action: row.try_get("action")?,
+        resource_type: row.try_get("resource_type")?,
+        resource_id: row.try_get("resource_id")?,
+        gateway: row.try_get("gateway")?,
+        detail,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+/// The embedded default: one SQLite file with WAL and foreign keys.
+pub struct SqliteStore {
+    pool: sqlx::SqlitePool,
+    cipher: SecretCipher,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and migrates it.
+    pub async fn open(path: &std::path::Path, cipher: SecretCipher) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = with_connect_retry("SQLite", CONNECT_PATIENCE, || {
+            SqlitePoolOptions::new().max_connections(8).connect_with(options.clone())
+        })
+        .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await.map_err(|e| StoreError::Database(e.to_string()))?;
+        Ok(Self { pool, cipher })
+    }
+}
+
+impl_store!(SqliteStore, sqlx::Sqlite, sqlx::SqlitePool);
+
+/// PostgreSQL, for several replicas sharing one database.
+pub struct PgStore {
+    pool: sqlx::PgPool,
+    cipher: SecretCipher,
+}
+
+impl PgStore {
+    /// Connects (retrying while the server is not up yet) and migrates.
+    pub async fn connect(url: &str, cipher: SecretCipher) -> Result<Self> {
+        let options: sqlx::postgres::PgConnectOptions =
+            url.parse().map_err(|e: sqlx::Error| StoreError::Unavailable(format!("invalid database URL: {e}")))?;
+        Self::connect_with(options, cipher, CONNECT_PATIENCE).await
+    }
+
+    /// As [`PgStore::connect`], with explicit options (tests use a private schema).
+    pub async fn connect_with(
+        options: sqlx::postgres::PgConnectOptions,
+        cipher: SecretCipher,
+        patience: Duration,
+    ) -> Result<Self> {
+        let pool = with_connect_retry("PostgreSQL", patience, || {
+            PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options.clone())
+        })
+        .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(|e| StoreError::Database(e.to_string()))?;
+        Ok(Self { pool, cipher })
+    }
+}
+
+impl_store!(PgStore, sqlx::Postgres, sqlx::PgPool);

@@ -1,0 +1,182 @@
+//! Every store test runs against SQLite and PostgreSQL.
+
+use std::collections::BTreeMap;
+
+use breakwater_domain::registry::{
+    AuditFilter, AuthMode, GatewayHealth, GatewayMetadataPatch, GatewayName, GatewayStatus, NewAuditEntry,
+};
+use breakwater_domain::{LabelSelector, Secret};
+use breakwater_store::testing::both;
+use breakwater_store::{NewGateway, StoreError};
+
+fn gw(name: &str, labels: &[(&str, &str)]) -> NewGateway {
+    NewGateway {
+        name: GatewayName::parse(name).unwrap(),
+        endpoint: "127.0.0.1:8443".into(),
+        scheme: "https".into(),
+        auth_mode: AuthMode::Mtls,
+        skip_server_verification: false,
+        ca_cert: Some("-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n".into()),
+        client_cert: Some("cert".into()),
+        client_key: Some(Secret::new("-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n")),
+        metadata: [("runtime".to_owned(), serde_json::json!("docker"))].into_iter().collect(),
+        description: Some("test".into()),
+        labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+    }
+}
+
+fn entry(action: &str, actor: &str) -> NewAuditEntry {
+    NewAuditEntry {
+        actor: actor.into(),
+        role: "admin".into(),
+        client_ip: Some("127.0.0.1".into()),
+        action: action.into(),
+        resource_type: "gateway".into(),
+        resource_id: "gw".into(),
+        gateway: Some("gw".into()),
+        detail: serde_json::json!({"endpoint": "127.0.0.1:1", "n": 3}),
+    }
+}
+
+#[tokio::test]
+async fn gateways_round_trip_with_the_key_decrypted() {
+    for t in both().await {
+        let s = &t.store;
+        let created = s.insert_gateway(&gw("alpha", &[("env", "prod")])).await.unwrap();
+        assert_eq!(created.name.as_str(), "alpha", "{}", t.backend);
+        assert_eq!(
+            created.client_key.as_ref().unwrap().expose(),
+            "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n"
+        );
+        assert_eq!(created.labels["env"], "prod");
+        assert_eq!(created.metadata["runtime"], "docker");
+        assert_eq!(created.health.status, GatewayStatus::Unknown);
+        let dup = s.insert_gateway(&gw("alpha", &[])).await.unwrap_err();
+        assert!(matches!(dup, StoreError::Conflict(_)), "{}: {dup:?}", t.backend);
+        assert!(s.delete_gateway(&GatewayName::parse("alpha").unwrap()).await.unwrap());
+        assert!(!s.delete_gateway(&GatewayName::parse("alpha").unwrap()).await.unwrap());
+        assert!(s.get_gateway(&GatewayName::parse("alpha").unwrap()).await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn list_filters_by_every_label_pair_and_orders_by_name() {
+    for t in both().await {
+        let s = &t.store;
+        s.insert_gateway(&gw("c", &[("env", "prod"), ("team", "ml")])).await.unwrap();
+        s.insert_gateway(&gw("a", &[("env", "prod")])).await.unwrap();
+        s.insert_gateway(&gw("b", &[("env", "dev"), ("team", "ml")])).await.unwrap();
+        let (all, total) = s.list_gateways(&LabelSelector::default(), 100, 0).await.unwrap();
+        assert_eq!(all.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["a", "b", "c"], "{}", t.backend);
+        assert_eq!(total, 3);
+        let (prod_ml, total) =
+            s.list_gateways(&LabelSelector::parse("env=prod,team=ml").unwrap(), 100, 0).await.unwrap();
+        assert_eq!(prod_ml.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["c"], "{}", t.backend);
+        assert_eq!(total, 1);
+        let (page, total) = s.list_gateways(&LabelSelector::default(), 1, 1).await.unwrap();
+        assert_eq!((page[0].name.as_str(), total), ("b", 3));
+    }
+}
+
+#[tokio::test]
+async fn health_and_metadata_updates() {
+    for t in both().await {
+        let s = &t.store;
+        let name = GatewayName::parse("h").unwrap();
+        s.insert_gateway(&gw("h", &[("a", "1")])).await.unwrap();
+        let now = chrono::Utc::now();
+        let health = GatewayHealth {
+            status: GatewayStatus::Connected,
+            error_code: None,
+            error: None,
+            version: Some("0.1.5".into()),
+            checked_at: Some(now),
+            last_seen: Some(now),
+        };
+        s.update_gateway_health(&name, &health).await.unwrap();
+        let down = GatewayHealth {
+            status: GatewayStatus::Unreachable,
+            error_code: Some("gateway_unreachable".into()),
+            error: Some("refused".into()),
+            version: None,
+            checked_at: Some(now),
+            last_seen: None,
+        };
+        s.update_gateway_health(&name, &down).await.unwrap();
+        let g = s.get_gateway(&name).await.unwrap().unwrap();
+        assert_eq!(g.health.status, GatewayStatus::Unreachable, "{}", t.backend);
+        assert_eq!(g.health.version.as_deref(), Some("0.1.5"), "the last known version is kept");
+        assert!(g.health.last_seen.is_some(), "last seen survives a failed check");
+
+        let keep = s.update_gateway_metadata(&name, &GatewayMetadataPatch::default()).await.unwrap();
+        assert_eq!((keep.description.as_deref(), keep.labels.len()), (Some("test"), 1));
+        let patch = GatewayMetadataPatch {
+            description: Some(None),
+            labels: Some(Some([("b".to_owned(), "2".to_owned())].into_iter().collect::<BTreeMap<_, _>>())),
+        };
+        let changed = s.update_gateway_metadata(&name, &patch).await.unwrap();
+        assert_eq!(changed.description, None, "{}", t.backend);
+        assert_eq!(changed.labels.keys().collect::<Vec<_>>(), ["b"]);
+        let cleared = s
+            .update_gateway_metadata(&name, &GatewayMetadataPatch { description: None, labels: Some(None) })
+            .await
+            .unwrap();
+        assert!(cleared.labels.is_empty());
+        let missing = s.update_gateway_metadata(&GatewayName::parse("nope").unwrap(), &patch).await.unwrap_err();
+        assert!(matches!(missing, StoreError::NotFound(_)));
+    }
+}
+
+#[tokio::test]
+async fn audit_entries_chain_and_filter() {
+    for t in both().await {
+        let s = &t.store;
+        let a = s.append_audit(&entry("gateway.register", "alice")).await.unwrap();
+        let b = s.append_audit(&entry("gateway.unregister", "bob")).await.unwrap();
+        assert_eq!((a.seq, b.seq), (1, 2), "{}", t.backend);
+        assert_eq!(a.prev_hash, "genesis");
+        assert_eq!(b.prev_hash, a.hash);
+        let (by_bob, total) =
+            s.list_audit(&AuditFilter { actor: Some("bob".into()), ..Default::default() }, 10, 0).await.unwrap();
+        assert_eq!((by_bob.len(), total), (1, 1));
+        assert_eq!(by_bob[0], b, "{}: what is read back equals what was written", t.backend);
+        let (newest_first, _) = s.list_audit(&AuditFilter::default(), 10, 0).await.unwrap();
+        assert_eq!(newest_first.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 1]);
+        let after = s.audit_after(0, 10).await.unwrap();
+        assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_appends_never_fork_the_chain() {
+    for t in both().await {
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let s = t.store.clone();
+            tasks.push(tokio::spawn(async move { s.append_audit(&entry("x", &format!("u{i}"))).await.unwrap() }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let all = t.store.audit_after(0, 100).await.unwrap();
+        assert_eq!(all.len(), 20, "{}", t.backend);
+        for pair in all.windows(2) {
+            assert_eq!(pair[1].prev_hash, pair[0].hash, "{}: chain is linear", t.backend);
+            assert_eq!(pair[1].seq, pair[0].seq + 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn retention_moves_the_anchor() {
+    for t in both().await {
+        let s = &t.store;
+        s.append_audit(&entry("a", "x")).await.unwrap();
+        let second = s.append_audit(&entry("b", "x")).await.unwrap();
+        let cutoff = chrono::Utc::now() + chrono::Duration::seconds(1);
+        assert_eq!(s.delete_audit_before(cutoff).await.unwrap(), 2, "{}", t.backend);
+        assert_eq!(s.audit_anchor().await.unwrap(), (2, second.hash.clone()));
+        let third = s.append_audit(&entry("c", "x")).await.unwrap();
+        assert_eq!(third.prev_hash, second.hash, "the chain continues from the deleted head");
+    }
+}
