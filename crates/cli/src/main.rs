@@ -1,20 +1,26 @@
 //! `breakwater`: the Breakwater command line.
 //!
-//! Today it carries `demo`, which runs a simulated OpenShell gateway in
-//! process and walks a sandbox through its lifecycle over real mTLS. The
-//! server, REST client and TUI subcommands arrive with their issues.
+//! `serve` runs the control plane; `demo` runs it with a simulated gateway
+//! and a small live fleet; `config show` prints the effective configuration.
 #![forbid(unsafe_code)]
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use breakwater_domain::sandbox::{ExecRequest, NewSandbox, SandboxPhase, WatchEvent, WatchOptions};
-use breakwater_domain::{SandboxName, Secret, WorkspaceName};
-use breakwater_gateway::{ConnectionConfig, EXEC_OUTPUT_CAP, Gateway, GatewayAddress, GrpcGateway};
-use clap::{Parser, Subcommand};
-use futures::StreamExt;
+use anyhow::{Context, bail};
+use breakwater_domain::policy::{NetworkBinary, NetworkEndpoint, NetworkRule, Policy};
+use breakwater_domain::registry::GatewayName;
+use breakwater_domain::sandbox::NewSandbox;
+use breakwater_domain::{Labels, SandboxName, Secret};
+use breakwater_gateway::Gateway;
+use breakwater_server::AppState;
+use breakwater_services::{Actor, AuditService, GatewayService, MonitorSettings, RegisterGateway};
+use breakwater_store::{PgStore, SecretCipher, SqliteStore, Store};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use openshell_sim::{Sim, SimConfig, SimPki, SimTls, Timing};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(name = "breakwater", version, about = "A control plane for NVIDIA OpenShell gateways")]
@@ -25,29 +31,105 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start a simulated OpenShell gateway and walk a sandbox through create,
-    /// ready, exec and a draft-policy proposal; then keep the gateway running.
-    Demo {
-        /// Where the demo gateway listens.
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        listen: std::net::SocketAddr,
-        /// Where its certificates go (default: a directory under the system temp dir).
-        #[arg(long)]
-        tls_dir: Option<PathBuf>,
-        /// Exit after the walkthrough instead of serving until Ctrl-C.
-        #[arg(long)]
-        once: bool,
+    /// Run the Breakwater server.
+    Serve(ServerArgs),
+    /// Run Breakwater with a simulated OpenShell gateway and a small live
+    /// fleet (SQLite in a temporary directory unless --data-dir is given).
+    Demo(ServerArgs),
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (flags, environment, defaults), secrets redacted.
+    Show(ServerArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Args)]
+struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, env = "BREAKWATER_BIND", default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Port to listen on.
+    #[arg(long, short, env = "BREAKWATER_PORT", default_value_t = 8888)]
+    port: u16,
+    /// Where the SQLite database and the secret key file live
+    /// (default: the user's data directory, e.g. ~/.local/share/breakwater).
+    #[arg(long, env = "BREAKWATER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// PostgreSQL instead of the embedded SQLite: postgres://user@host/db.
+    #[arg(long, env = "BREAKWATER_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Base64 32-byte key that encrypts stored secrets (default: a key file in the data directory).
+    #[arg(long, env = "BREAKWATER_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// Seconds between gateway health sweeps.
+    #[arg(long, env = "BREAKWATER_MONITOR_INTERVAL", default_value_t = 30)]
+    monitor_interval: u64,
+    /// Seconds a single health probe may take.
+    #[arg(long, env = "BREAKWATER_PROBE_TIMEOUT", default_value_t = 5)]
+    probe_timeout: u64,
+    /// Log format.
+    #[arg(long, env = "BREAKWATER_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+impl ServerArgs {
+    fn data_dir(&self, demo: Option<&tempfile::TempDir>) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.data_dir {
+            return Ok(d.clone());
+        }
+        if let Some(t) = demo {
+            return Ok(t.path().to_owned());
+        }
+        let base = dirs::data_dir().context("no user data directory on this system; pass --data-dir")?;
+        Ok(base.join("breakwater"))
+    }
+
+    fn monitor(&self) -> anyhow::Result<MonitorSettings> {
+        if self.monitor_interval == 0 || self.probe_timeout == 0 {
+            bail!("--monitor-interval and --probe-timeout must be at least 1 second");
+        }
+        Ok(MonitorSettings {
+            interval: Duration::from_secs(self.monitor_interval),
+            probe_timeout: Duration::from_secs(self.probe_timeout),
+            concurrency: 64,
+        })
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let result = match Cli::parse().command {
-        Command::Demo { listen, tls_dir, once } => demo(listen, tls_dir, once).await,
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => {
+            init_logs(args.log_format);
+            serve(args, None).await
+        }
+        Command::Demo(args) => {
+            init_logs(args.log_format);
+            demo(args).await
+        }
+        Command::Config { command: ConfigCommand::Show(args) } => config_show(&args),
     };
     if let Err(e) = result {
         eprintln!("breakwater: error: {e:#}");
@@ -55,77 +137,181 @@ async fn main() {
     }
 }
 
-async fn demo(listen: std::net::SocketAddr, tls_dir: Option<PathBuf>, once: bool) -> anyhow::Result<()> {
-    let dir = tls_dir.unwrap_or_else(|| std::env::temp_dir().join("breakwater-demo-tls"));
-    let pki =
-        SimPki::load_or_mint(&dir, &[]).with_context(|| format!("preparing certificates in {}", dir.display()))?;
-    let client = pki.client.clone().context("the demo needs client.crt and client.key in the TLS directory")?;
+fn redact_url(url: &str) -> String {
+    // postgres://user:password@host/db → postgres://user:REDACTED@host/db
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:REDACTED{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn config_show(args: &ServerArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir(None)?;
+    let shown = serde_json::json!({
+        "bind": args.bind.to_string(),
+        "port": args.port,
+        "data_dir": data_dir,
+        "database": match &args.database_url {
+            Some(url) => redact_url(url),
+            None => format!("sqlite://{}", data_dir.join("breakwater.db").display()),
+        },
+        "secret_key": match &args.secret_key {
+            Some(_) => "REDACTED (from --secret-key / BREAKWATER_SECRET_KEY)".to_owned(),
+            None => format!("key file {}", data_dir.join("secret.key").display()),
+        },
+        "monitor_interval_seconds": args.monitor_interval,
+        "probe_timeout_seconds": args.probe_timeout,
+        "log_format": format!("{:?}", args.log_format).to_lowercase(),
+        "auth": "local mode: every request acts as local-admin (identity arrives with issue 6)",
+    });
+    println!("{}", serde_json::to_string_pretty(&shown)?);
+    Ok(())
+}
+
+struct Running {
+    state: AppState,
+    stop: CancellationToken,
+    monitor: tokio::task::JoinHandle<()>,
+}
+
+async fn open_store(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
+    let cipher = match &args.secret_key {
+        Some(key) => SecretCipher::from_base64(key).context("BREAKWATER_SECRET_KEY / --secret-key")?,
+        None => SecretCipher::from_key_file(&data_dir.join("secret.key"))?,
+    };
+    Ok(match &args.database_url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Arc::new(PgStore::connect(url, cipher).await.with_context(|| format!("connecting to {}", redact_url(url)))?)
+        }
+        Some(url) => {
+            bail!("--database-url {} is not a postgres:// URL (omit it for the embedded SQLite)", redact_url(url))
+        }
+        None => {
+            let path = data_dir.join("breakwater.db");
+            Arc::new(SqliteStore::open(&path, cipher).await.with_context(|| format!("opening {}", path.display()))?)
+        }
+    })
+}
+
+async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<Running> {
+    let store = open_store(args, data_dir).await?;
+    let audit = AuditService::new(store.clone());
+    let gateways = GatewayService::new(store.clone(), audit.clone());
+    let monitor_settings = args.monitor()?;
+    let stop = CancellationToken::new();
+    let monitor = gateways.spawn_monitor(monitor_settings, stop.clone());
+    let state = AppState { store, gateways, audit, monitor: monitor_settings, started: Instant::now() };
+    Ok(Running { state, stop, monitor })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn serve(args: ServerArgs, prepared: Option<Running>) -> anyhow::Result<()> {
+    let running = match prepared {
+        Some(r) => r,
+        None => start(&args, &args.data_dir(None)?).await?,
+    };
+    let addr = SocketAddr::new(args.bind, args.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (port in use? pass --port)"))?;
+    tracing::info!(%addr, "breakwater listening");
+    println!("Breakwater listening on http://{}", listener.local_addr()?);
+    breakwater_server::serve(listener, running.state, shutdown_signal()).await?;
+    running.stop.cancel();
+    let _ = running.monitor.await;
+    tracing::info!("breakwater stopped");
+    Ok(())
+}
+
+/// The policy the demo sandboxes start with.
+fn starter_policy() -> Policy {
+    let mut policy = Policy::default();
+    policy.network_policies.insert(
+        "github".into(),
+        NetworkRule {
+            name: "github".into(),
+            endpoints: vec![NetworkEndpoint { host: "api.github.com".into(), port: 443, ..Default::default() }],
+            binaries: vec![NetworkBinary { path: "/usr/bin/git".into() }],
+        },
+    );
+    policy
+}
+
+async fn demo(args: ServerArgs) -> anyhow::Result<()> {
+    let temp = if args.data_dir.is_none() { Some(tempfile::tempdir()?) } else { None };
+    let data_dir = args.data_dir(temp.as_ref())?;
+    let pki = SimPki::mint(&[])?;
+    let client = pki.client.clone().context("minted PKI has a client pair")?;
     let sim = Sim::start(SimConfig {
-        listen,
+        listen: "127.0.0.1:0".parse()?,
         tls: SimTls::Mtls(pki.clone()),
-        timing: Timing { ready_delay: Duration::from_millis(800), ..Timing::default() },
+        timing: Timing { ready_delay: Duration::from_millis(500), ..Timing::default() },
         version: openshell_sim::DEFAULT_VERSION.into(),
         advertise_host: None,
     })
-    .await
-    .with_context(|| format!("starting the demo gateway on {listen}"))?;
-    println!("simulated OpenShell gateway on {} (mTLS, certificates in {})", sim.endpoint(), dir.display());
-
-    let gw = GrpcGateway::connect(ConnectionConfig::mtls(
-        GatewayAddress::parse(&sim.endpoint())?,
-        pki.ca_pem.into_bytes(),
-        client.cert_pem.into_bytes(),
-        Secret::new(client.key_pem),
-    ))
     .await?;
-    let health = gw.health().await?;
-    println!("gateway health: {:?}, version {}", health.status, health.version);
-
-    let ws = WorkspaceName::default();
-    let name = SandboxName::parse("demo")?;
-    gw.create_sandbox(&NewSandbox { name: Some(name.clone()), ..Default::default() }).await?;
-    println!("created sandbox {name}");
-    let mut watch = gw.watch_sandbox(&ws, &name, &WatchOptions { follow_status: true, ..Default::default() }).await?;
-    while let Some(event) = watch.next().await {
-        if let WatchEvent::Sandbox(sb) = event? {
-            println!("  {}", sb.status_summary());
-            if sb.phase == SandboxPhase::Ready {
-                break;
-            }
-        }
+    let running = start(&args, &data_dir).await?;
+    let actor = Actor::system();
+    let name = GatewayName::parse("demo")?;
+    if running.state.gateways.get(&name).await.is_ok() {
+        // A kept --data-dir from an earlier demo: the old sim is gone.
+        running.state.gateways.unregister(&actor, &name).await?;
     }
-    drop(watch);
-    let out = gw
-        .exec(
-            &ws,
-            &name,
-            &ExecRequest { command: vec!["echo".into(), "hi".into()], ..Default::default() },
-            EXEC_OUTPUT_CAP,
+    let (record, test) = running
+        .state
+        .gateways
+        .register(
+            &actor,
+            RegisterGateway {
+                name: "demo".into(),
+                endpoint: sim.endpoint(),
+                ca_cert: Some(pki.ca_pem.clone()),
+                client_cert: Some(client.cert_pem.clone()),
+                client_key: Some(Secret::new(client.key_pem.clone())),
+                metadata: [("runtime".to_owned(), serde_json::json!("simulated"))].into_iter().collect(),
+                description: Some("openshell-sim, started by `breakwater demo`".into()),
+                labels: [("env".to_owned(), "demo".to_owned())].into_iter().collect(),
+                ..RegisterGateway::default()
+            },
         )
         .await?;
-    println!("exec `echo hi` -> {:?} (exit {})", out.stdout, out.exit_code);
-
-    sim.inject_denial("default", "demo", "pypi.org", 443, "/usr/bin/pip")?;
-    let draft = gw.draft_policy(&ws, &name, "pending").await?;
-    for chunk in &draft.chunks {
-        println!(
-            "draft proposal {}: {} (binary {}, {} hit(s))",
-            chunk.id, chunk.rule_name, chunk.binary, chunk.hit_count
-        );
+    if !test.success {
+        bail!("the demo gateway did not answer: {}", test.error.unwrap_or_default());
     }
-    if once {
-        sim.shutdown().await;
-        return Ok(());
+    for sandbox in ["agent-1", "agent-2"] {
+        let new = NewSandbox {
+            name: Some(SandboxName::parse(sandbox)?),
+            labels: Labels::parse([("demo", "true")])?,
+            policy: Some(starter_policy()),
+            ..Default::default()
+        };
+        running.state.gateways.with_gateway(&name, |gw| async move { gw.create_sandbox(&new).await }).await?;
     }
-    sim.start_denial_generator(Duration::from_secs(20));
-    println!("\nThe gateway keeps running (a new denial every 20 s). Point an OpenShell client at it:");
-    println!(
-        "  endpoint {}  ca {d}/ca.crt  cert {d}/client.crt  key {d}/client.key",
-        sim.endpoint(),
-        d = dir.display()
-    );
-    println!("Press Ctrl-C to stop.");
-    tokio::signal::ctrl_c().await?;
+    sim.start_denial_generator(Duration::from_secs(15));
+    println!("demo gateway {} registered: {} ({})", record.name, record.endpoint, test.version.unwrap_or_default());
+    println!("sandboxes agent-1 and agent-2 created; the gateway drafts a policy proposal every 15 s");
+    println!("data directory: {}{}", data_dir.display(), if temp.is_some() { " (temporary)" } else { "" });
+    println!("try: curl http://{}:{}/api/gateway/list", args.bind, args.port);
+    let result = serve(args, Some(running)).await;
     sim.shutdown().await;
-    Ok(())
+    result
 }

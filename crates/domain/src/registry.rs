@@ -160,11 +160,32 @@ pub struct GatewayRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A change to description and labels: `None` keeps, `Some(None)` clears.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// One field of a PATCH body: absent keeps it, `null` clears it, a value sets it.
+/// Serialised (for the audit trail) as `"keep"`, `"clear"` or `{"set": value}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldPatch<T> {
+    #[default]
+    Keep,
+    Clear,
+    Set(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for FieldPatch<T> {
+    /// Only called when the field is present (use with `#[serde(default)]`),
+    /// so `null` here means "clear".
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Option::<T>::deserialize(d)?.map_or(Self::Clear, Self::Set))
+    }
+}
+
+/// A change to description and labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayMetadataPatch {
-    pub description: Option<Option<String>>,
-    pub labels: Option<Option<BTreeMap<String, String>>>,
+    #[serde(default)]
+    pub description: FieldPatch<String>,
+    #[serde(default)]
+    pub labels: FieldPatch<BTreeMap<String, String>>,
 }
 
 /// One entry of the append-only audit trail.

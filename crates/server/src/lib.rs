@@ -1,1 +1,131 @@
+//! Breakwater's HTTP server: the REST API with ShoreGuard's paths, health
+//! endpoints, and problem+json errors.
+//!
+//! Handlers stay thin: extract, call one service function, map the result.
+//! Business rules live in `breakwater-services`.
 #![forbid(unsafe_code)]
+
+mod audit_routes;
+mod error;
+mod extract;
+mod gateway_routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderName, Request, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use breakwater_services::{AuditService, GatewayService, MonitorSettings};
+use breakwater_store::Store;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+
+pub use error::{ApiError, ApiResult};
+
+/// Largest request body we read (PEM bundles are the biggest legitimate ones).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Everything handlers need.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub gateways: GatewayService,
+    pub audit: AuditService,
+    pub monitor: MonitorSettings,
+    pub started: Instant,
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/version", get(version))
+        .merge(gateway_routes::routes())
+        .merge(audit_routes::routes())
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
+        .layer(axum::middleware::from_fn(problem_request_id))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Adds the request id to problem+json bodies, so a user can quote it.
+async fn problem_request_id(req: Request<Body>, next: Next) -> Response {
+    let id = req.extensions().get::<RequestId>().and_then(|r| r.header_value().to_str().ok()).map(str::to_owned);
+    let resp = next.run(req).await;
+    let is_problem = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    let Some(id) = id.filter(|_| is_problem) else { return resp };
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "error body too large").into_response();
+    };
+    let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.insert("request_id".into(), serde_json::Value::String(id));
+            serde_json::to_vec(&map).unwrap_or_else(|_| bytes.to_vec())
+        }
+        _ => bytes.to_vec(),
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn version() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "name": "breakwater",
+        "openshell_protocol": "0.1",
+    }))
+}
+
+/// Ready when the database answers quickly and the health monitor is alive.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let db = tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await;
+    let (db_ok, db_detail) = match db {
+        Ok(Ok(())) => (true, "ok".to_owned()),
+        Ok(Err(e)) => (false, e.to_string()),
+        Err(_) => (false, "no answer within 2 s".to_owned()),
+    };
+    // The monitor sweeps every interval; three missed sweeps mean it is stuck.
+    let grace = state.monitor.interval * 3 + state.monitor.probe_timeout;
+    let monitor_ok = match state.gateways.last_sweep() {
+        Some(at) => (chrono::Utc::now() - at).to_std().is_ok_and(|age| age < grace),
+        None => state.started.elapsed() < grace,
+    };
+    let ok = db_ok && monitor_ok;
+    let body = serde_json::json!({
+        "status": if ok { "ready" } else { "not_ready" },
+        "checks": {
+            "database": {"status": if db_ok { "ok" } else { "failing" }, "detail": db_detail},
+            "health_monitor": {"status": if monitor_ok { "ok" } else { "stalled" }},
+        },
+    });
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}

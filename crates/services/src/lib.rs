@@ -1,1 +1,74 @@
+//! The service layer: every business rule and every state change lives here,
+//! and every state change writes exactly one audit entry.
 #![forbid(unsafe_code)]
+
+pub mod audit;
+mod certs;
+pub mod gateways;
+
+use breakwater_domain::DomainError;
+use breakwater_gateway::GatewayError;
+use breakwater_store::StoreError;
+
+pub use audit::{AuditService, VerifyReport};
+pub use gateways::{ConnectionTest, GatewayInfoView, GatewayService, MonitorSettings, RegisterGateway};
+
+/// Who is acting, for authorization decisions and the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    pub role: String,
+    pub client_ip: Option<String>,
+}
+
+impl Actor {
+    /// The single user of `--no-auth` local mode.
+    #[must_use]
+    pub fn local_admin(client_ip: Option<String>) -> Self {
+        Self { name: "local-admin".into(), role: "admin".into(), client_ip }
+    }
+
+    /// Breakwater itself (health monitor, imports at start).
+    #[must_use]
+    pub fn system() -> Self {
+        Self { name: "system".into(), role: "system".into(), client_ip: None }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{what} already exists")]
+    Conflict { what: String },
+    #[error("invalid {field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    #[error("storage failed: {0}")]
+    Store(StoreError),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => Self::NotFound { what },
+            StoreError::Conflict(what) => Self::Conflict { what },
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl From<DomainError> for ServiceError {
+    fn from(e: DomainError) -> Self {
+        let field = match &e {
+            DomainError::InvalidName { kind, .. } => (*kind).replace(' ', "_"),
+            DomainError::InvalidLabel { .. } => "labels".into(),
+            DomainError::InvalidSelector { .. } => "label".into(),
+            DomainError::InvalidField { field, .. } => (*field).to_owned(),
+        };
+        Self::Invalid { field, message: e.to_string() }
+    }
+}
+
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use breakwater_domain::registry::{
-    AuditEntry, AuditFilter, AuthMode, GatewayHealth, GatewayMetadataPatch, GatewayName, GatewayRecord, GatewayStatus,
-    NewAuditEntry, audit_hash,
+    AuditEntry, AuditFilter, AuthMode, FieldPatch, GatewayHealth, GatewayMetadataPatch, GatewayName, GatewayRecord,
+    GatewayStatus, NewAuditEntry, audit_hash,
 };
 use breakwater_domain::{LabelSelector, Secret};
 use chrono::{DateTime, SubsecRound, Utc};
@@ -264,16 +264,26 @@ macro_rules! impl_store {
                 if found.rows_affected() == 0 {
                     return Err(StoreError::NotFound(format!("gateway {name}")));
                 }
-                if let Some(description) = &patch.description {
+                let description = match &patch.description {
+                    FieldPatch::Keep => None,
+                    FieldPatch::Clear => Some(None),
+                    FieldPatch::Set(d) => Some(Some(d.as_str())),
+                };
+                if let Some(description) = description {
                     sqlx::query("UPDATE gateways SET description = $2 WHERE name = $1")
                         .bind(name.as_str())
                         .bind(description)
                         .execute(&mut *tx)
                         .await?;
                 }
-                if let Some(labels) = &patch.labels {
+                let labels = match &patch.labels {
+                    FieldPatch::Keep => None,
+                    FieldPatch::Clear => Some(None),
+                    FieldPatch::Set(l) => Some(Some(l)),
+                };
+                if let Some(labels) = labels {
                     sqlx::query("DELETE FROM gateway_labels WHERE gateway = $1").bind(name.as_str()).execute(&mut *tx).await?;
-                    for (k, v) in labels.iter().flatten() {
+                    for (k, v) in labels.into_iter().flatten() {
                         sqlx::query("INSERT INTO gateway_labels (gateway, key, value) VALUES ($1, $2, $3)")
                             .bind(name.as_str())
                             .bind(k)

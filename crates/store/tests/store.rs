@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use breakwater_domain::registry::{
-    AuditFilter, AuthMode, GatewayHealth, GatewayMetadataPatch, GatewayName, GatewayStatus, NewAuditEntry,
+    AuditFilter, AuthMode, FieldPatch, GatewayHealth, GatewayMetadataPatch, GatewayName, GatewayStatus, NewAuditEntry,
 };
 use breakwater_domain::{LabelSelector, Secret};
 use breakwater_store::testing::both;
@@ -111,14 +111,17 @@ async fn health_and_metadata_updates() {
         let keep = s.update_gateway_metadata(&name, &GatewayMetadataPatch::default()).await.unwrap();
         assert_eq!((keep.description.as_deref(), keep.labels.len()), (Some("test"), 1));
         let patch = GatewayMetadataPatch {
-            description: Some(None),
-            labels: Some(Some([("b".to_owned(), "2".to_owned())].into_iter().collect::<BTreeMap<_, _>>())),
+            description: FieldPatch::Clear,
+            labels: FieldPatch::Set([("b".to_owned(), "2".to_owned())].into_iter().collect::<BTreeMap<_, _>>()),
         };
         let changed = s.update_gateway_metadata(&name, &patch).await.unwrap();
         assert_eq!(changed.description, None, "{}", t.backend);
         assert_eq!(changed.labels.keys().collect::<Vec<_>>(), ["b"]);
         let cleared = s
-            .update_gateway_metadata(&name, &GatewayMetadataPatch { description: None, labels: Some(None) })
+            .update_gateway_metadata(
+                &name,
+                &GatewayMetadataPatch { description: FieldPatch::Keep, labels: FieldPatch::Clear },
+            )
             .await
             .unwrap();
         assert!(cleared.labels.is_empty());

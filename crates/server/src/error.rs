@@ -1,0 +1,133 @@
+//! The one place errors become HTTP: RFC 9457 problem+json with a stable
+//! `code`. Upstream gRPC text never reaches the body unsanitised, and
+//! internal errors get a generic detail (the cause goes to the log).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use breakwater_gateway::GatewayError;
+use breakwater_services::ServiceError;
+use serde::Serialize;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    pub errors: Vec<FieldError>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    message: &'a str,
+    code: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    errors: &'a [FieldError],
+}
+
+impl ApiError {
+    #[must_use]
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, code, detail: detail.into(), errors: Vec::new() }
+    }
+
+    #[must_use]
+    pub fn bad_request(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "VALIDATION_ERROR",
+            detail: message.clone(),
+            errors: vec![FieldError { field: field.to_owned(), message }],
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let body = Problem {
+            kind: format!("https://breakwater.dev/problems/{}", self.code.to_ascii_lowercase().replace('_', "-")),
+            title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            message: &self.detail,
+            code: self.code,
+            errors: &self.errors,
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        resp
+    }
+}
+
+impl From<GatewayError> for ApiError {
+    fn from(e: GatewayError) -> Self {
+        let (status, code) = match &e {
+            GatewayError::Unreachable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "GATEWAY_NOT_CONNECTED"),
+            GatewayError::TlsUntrusted { .. } | GatewayError::TlsCertificate { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "GATEWAY_TLS_ERROR")
+            }
+            GatewayError::Unauthenticated { .. } => (StatusCode::BAD_GATEWAY, "GATEWAY_UNAUTHENTICATED"),
+            GatewayError::PermissionDenied { .. } => (StatusCode::FORBIDDEN, "GATEWAY_PERMISSION_DENIED"),
+            GatewayError::NotFound { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            GatewayError::AlreadyExists { .. } => (StatusCode::CONFLICT, "ALREADY_EXISTS"),
+            GatewayError::FailedPrecondition { .. } => (StatusCode::CONFLICT, "FAILED_PRECONDITION"),
+            GatewayError::Conflict { .. } => (StatusCode::CONFLICT, "CONFLICT"),
+            GatewayError::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+            GatewayError::Unimplemented { .. } => (StatusCode::NOT_IMPLEMENTED, "NOT_IMPLEMENTED"),
+            GatewayError::DeadlineExceeded { .. } => (StatusCode::GATEWAY_TIMEOUT, "TIMEOUT"),
+            GatewayError::ResourceExhausted { .. } => (StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED"),
+            GatewayError::InvalidResponse { .. } => (StatusCode::BAD_GATEWAY, "INVALID_GATEWAY_RESPONSE"),
+            GatewayError::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "CANCELLED"),
+            GatewayError::Config { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "GATEWAY_CONFIG_INVALID"),
+            GatewayError::Internal { .. } => {
+                tracing::warn!(error = %e, "gateway internal error");
+                return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "the gateway failed internally");
+            }
+        };
+        let mut err = Self::new(status, code, e.to_string());
+        if let GatewayError::InvalidArgument { violations, .. } = &e {
+            err.errors = violations
+                .iter()
+                .map(|v| FieldError { field: v.field.clone(), message: v.description.clone() })
+                .collect();
+        }
+        err
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::NotFound { what } => {
+                Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("{what} not found"))
+            }
+            ServiceError::Conflict { what } => {
+                Self::new(StatusCode::CONFLICT, "CONFLICT", format!("{what} already exists"))
+            }
+            ServiceError::Invalid { field, message } => Self::bad_request(&field, message),
+            ServiceError::Gateway(g) => g.into(),
+            ServiceError::Store(s) => {
+                tracing::error!(error = %s, "storage failure");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "STORAGE_UNAVAILABLE",
+                    "the database is unavailable; try again",
+                )
+            }
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

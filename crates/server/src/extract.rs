@@ -1,0 +1,65 @@
+//! Request extractors shared by the routes.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use breakwater_services::Actor;
+
+use crate::ApiError;
+
+/// The caller. Until identity lands (local mode), every request acts as
+/// `local-admin`; the client IP comes from the connection.
+pub struct Caller(pub Actor);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        Ok(Self(Actor::local_admin(ip)))
+    }
+}
+
+/// Query pairs, keeping repeated keys (`?label=a:1&label=b:2`).
+pub struct QueryPairs(pub Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let q = parts.uri.query().unwrap_or("");
+        Ok(Self(form_urlencoded::parse(q.as_bytes()).into_owned().collect()))
+    }
+}
+
+impl QueryPairs {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    pub fn u32(&self, key: &str, default: u32, max: u32) -> Result<u32, ApiError> {
+        match self.get(key) {
+            None | Some("") => Ok(default),
+            Some(raw) => raw
+                .parse::<u32>()
+                .map(|v| v.min(max))
+                .map_err(|_| ApiError::bad_request(key, format!("{key} must be a non-negative integer"))),
+        }
+    }
+
+    pub fn time(&self, key: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+        self.get(key)
+            .filter(|v| !v.is_empty())
+            .map(|raw| {
+                chrono::DateTime::parse_from_rfc3339(raw).map(|t| t.with_timezone(&chrono::Utc)).map_err(|_| {
+                    ApiError::bad_request(key, format!("{key} must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z"))
+                })
+            })
+            .transpose()
+    }
+}

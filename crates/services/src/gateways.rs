@@ -1,0 +1,644 @@
+//! The gateway registry and the connections to registered gateways.
+//!
+//! Connections are cached per gateway and dialled once for all concurrent
+//! callers. After a failed dial a gateway is in backoff (5 s doubling to 60 s,
+//! jittered): calls inside the window fail at once instead of piling up on a
+//! dead address. A background monitor probes every gateway on an interval
+//! with a deadline per probe and bounded concurrency, so one dead gateway
+//! never delays the others; request paths never probe.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use breakwater_domain::gateway::ComputeDriver;
+use breakwater_domain::policy::{ConfigChange, GATEWAY_SETTING_KEYS, GatewaySettings, SettingValue};
+use breakwater_domain::registry::{
+    AuthMode, FieldPatch, GatewayHealth, GatewayMetadataPatch, GatewayName, GatewayRecord, GatewayStatus,
+};
+use breakwater_domain::{LabelSelector, Labels, Secret, WorkspaceName};
+use breakwater_gateway::{
+    ClientIdentity, ConnectionConfig, Gateway, GatewayAddress, GatewayError, GrpcGateway, RetryPolicy, Timeouts,
+    Transport,
+};
+use breakwater_store::{NewGateway, Store};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use rand::Rng;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::certs::{check_ca, check_client, parse_cert};
+use crate::{Actor, AuditService, Result, ServiceError};
+
+/// A registration request as it arrives (unvalidated).
+#[derive(Clone, Debug, Default)]
+pub struct RegisterGateway {
+    pub name: String,
+    pub endpoint: String,
+    pub scheme: Option<String>,
+    pub auth_mode: Option<String>,
+    pub skip_server_verification: bool,
+    pub ca_cert: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<Secret>,
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    pub description: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Outcome of a live connection test.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConnectionTest {
+    pub success: bool,
+    pub latency_ms: u64,
+    pub version: Option<String>,
+    /// Stable error code (`tls_untrusted`, `gateway_unreachable`, ...).
+    pub error_code: Option<String>,
+    /// What is wrong and what to do, already safe to show.
+    pub error: Option<String>,
+}
+
+/// A gateway with live facts, for `GET /api/gateway/{name}/info`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewayInfoView {
+    pub record: GatewayRecord,
+    pub compute_drivers: Vec<ComputeDriver>,
+    pub client_cert_expires_at: Option<DateTime<Utc>>,
+    pub warnings: Vec<String>,
+}
+
+/// Health monitor knobs.
+#[derive(Clone, Copy, Debug)]
+pub struct MonitorSettings {
+    pub interval: Duration,
+    pub probe_timeout: Duration,
+    pub concurrency: usize,
+}
+
+impl Default for MonitorSettings {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(30), probe_timeout: Duration::from_secs(5), concurrency: 64 }
+    }
+}
+
+/// Per-gateway reconnect backoff.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { initial: Duration::from_secs(5), max: Duration::from_secs(60) }
+    }
+}
+
+/// Client certificates closer than this to expiry raise a warning.
+const EXPIRY_WARNING: chrono::Duration = chrono::Duration::days(14);
+
+#[derive(Default)]
+struct SlotState {
+    client: Option<GrpcGateway>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<GatewayError>,
+}
+
+#[derive(Default)]
+struct Slot {
+    // An async mutex held across the dial: that is the single flight.
+    state: tokio::sync::Mutex<SlotState>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    audit: AuditService,
+    slots: Mutex<HashMap<GatewayName, Arc<Slot>>>,
+    backoff: Backoff,
+    timeouts: Timeouts,
+    dials: AtomicU64,
+    last_sweep: AtomicI64,
+}
+
+/// Registry plus connections. Cheap to clone.
+#[derive(Clone)]
+pub struct GatewayService(Arc<Inner>);
+
+fn invalid(field: &str, message: impl Into<String>) -> ServiceError {
+    ServiceError::Invalid { field: field.into(), message: message.into() }
+}
+
+fn not_found(name: &GatewayName) -> ServiceError {
+    ServiceError::NotFound { what: format!("gateway {name}") }
+}
+
+/// How to reach a registered gateway.
+fn connection_config(rec: &GatewayRecord, timeouts: Timeouts) -> Result<ConnectionConfig> {
+    let address = GatewayAddress::parse(&rec.endpoint).map_err(|e| invalid("endpoint", e.to_string()))?;
+    let transport = match rec.auth_mode {
+        AuthMode::None => Transport::Plaintext,
+        AuthMode::Tls => Transport::Tls {
+            ca_pem: rec.ca_cert.clone().map(String::into_bytes),
+            client: None,
+            skip_server_verification: rec.skip_server_verification,
+        },
+        AuthMode::Mtls => {
+            let (Some(cert), Some(key)) = (&rec.client_cert, &rec.client_key) else {
+                return Err(invalid("client_cert", "an mTLS gateway needs a client certificate and key"));
+            };
+            Transport::Tls {
+                ca_pem: rec.ca_cert.clone().map(String::into_bytes),
+                client: Some(ClientIdentity { cert_pem: cert.clone().into_bytes(), key_pem: key.clone() }),
+                skip_server_verification: rec.skip_server_verification,
+            }
+        }
+    };
+    Ok(ConnectionConfig { address, transport, bearer_token: None, timeouts, retry: RetryPolicy::default() })
+}
+
+impl GatewayService {
+    #[must_use]
+    pub fn new(store: Arc<dyn Store>, audit: AuditService) -> Self {
+        Self::with_settings(store, audit, Backoff::default(), Timeouts::default())
+    }
+
+    #[must_use]
+    pub fn with_settings(store: Arc<dyn Store>, audit: AuditService, backoff: Backoff, timeouts: Timeouts) -> Self {
+        Self(Arc::new(Inner {
+            store,
+            audit,
+            slots: Mutex::new(HashMap::new()),
+            backoff,
+            timeouts,
+            dials: AtomicU64::new(0),
+            last_sweep: AtomicI64::new(0),
+        }))
+    }
+
+    /// Connection attempts made so far (for tests and metrics).
+    #[must_use]
+    pub fn dial_count(&self) -> u64 {
+        self.0.dials.load(Ordering::Relaxed)
+    }
+
+    /// When the health monitor last finished a sweep.
+    #[must_use]
+    pub fn last_sweep(&self) -> Option<DateTime<Utc>> {
+        match self.0.last_sweep.load(Ordering::Relaxed) {
+            0 => None,
+            ms => DateTime::from_timestamp_millis(ms),
+        }
+    }
+
+    fn slot(&self, name: &GatewayName) -> Arc<Slot> {
+        self.0.slots.lock().expect("slots lock").entry(name.clone()).or_default().clone()
+    }
+
+    fn backoff_for(&self, failures: u32) -> Duration {
+        let exp = self.0.backoff.initial.saturating_mul(1 << failures.saturating_sub(1).min(16));
+        let base = exp.min(self.0.backoff.max);
+        // ±20 % so a fleet that failed together does not retry together.
+        base.mul_f64(rand::rng().random_range(0.8..=1.2))
+    }
+
+    // ------------------------------------------------------------ registry
+
+    /// Validates and stores a gateway, then tries to connect and reports how
+    /// that went. A failed connection does not fail the registration.
+    pub async fn register(&self, actor: &Actor, input: RegisterGateway) -> Result<(GatewayRecord, ConnectionTest)> {
+        let name = GatewayName::parse(&input.name)?;
+        let address = GatewayAddress::parse(&input.endpoint).map_err(|e| invalid("endpoint", e.to_string()))?;
+        let scheme = input.scheme.unwrap_or_else(|| "https".into());
+        if scheme != "https" && scheme != "http" {
+            return Err(invalid("scheme", "must be https or http"));
+        }
+        let auth_mode = match input.auth_mode.as_deref() {
+            Some(raw) => AuthMode::parse(raw)?,
+            None if scheme == "http" => AuthMode::None,
+            None => AuthMode::Mtls,
+        };
+        if (auth_mode == AuthMode::None) != (scheme == "http") {
+            return Err(invalid("auth_mode", "plaintext (auth_mode none) goes with scheme http, TLS with https"));
+        }
+        let labels = Labels::parse(input.labels.clone())?.into_map();
+        if labels.len() > 20 {
+            return Err(invalid("labels", "at most 20 labels"));
+        }
+        if input.description.as_ref().is_some_and(|d| d.chars().count() > 1000) {
+            return Err(invalid("description", "at most 1000 characters"));
+        }
+        let ca = input.ca_cert.as_deref().map(check_ca).transpose()?;
+        let client = match (auth_mode, &input.client_cert, &input.client_key) {
+            (AuthMode::Mtls, Some(cert), Some(key)) => Some(check_client(cert, key.expose())?),
+            (AuthMode::Mtls, _, _) => {
+                return Err(invalid("client_cert", "auth_mode mtls needs client_cert and client_key (PEM)"));
+            }
+            (_, Some(_), _) | (_, _, Some(_)) => {
+                return Err(invalid("client_cert", "a client certificate is only used with auth_mode mtls"));
+            }
+            _ => None,
+        };
+        if auth_mode != AuthMode::None && ca.is_none() && !input.skip_server_verification {
+            tracing::info!(gateway = %name, "no CA given: the system roots will be trusted");
+        }
+        let record = self
+            .0
+            .store
+            .insert_gateway(&NewGateway {
+                name: name.clone(),
+                endpoint: address.authority(),
+                scheme,
+                auth_mode,
+                skip_server_verification: input.skip_server_verification,
+                ca_cert: input.ca_cert,
+                client_cert: input.client_cert,
+                client_key: input.client_key,
+                metadata: input.metadata,
+                description: input.description,
+                labels,
+            })
+            .await
+            .map_err(|e| match ServiceError::from(e) {
+                ServiceError::Conflict { .. } => ServiceError::Conflict { what: format!("gateway {name}") },
+                other => other,
+            })?;
+        self.0
+            .audit
+            .log(
+                actor,
+                "gateway.register",
+                "gateway",
+                name.as_str(),
+                Some(name.as_str()),
+                serde_json::json!({
+                    "endpoint": record.endpoint,
+                    "auth_mode": record.auth_mode.as_str(),
+                    "ca_sha256": ca.map(|c| c.sha256),
+                    "client_cert_sha256": client.map(|c| c.sha256),
+                    "labels": record.labels,
+                }),
+            )
+            .await;
+        let test = self.test_connection(&name).await?;
+        let record = self.get(&name).await?;
+        Ok((record, test))
+    }
+
+    pub async fn unregister(&self, actor: &Actor, name: &GatewayName) -> Result<()> {
+        if !self.0.store.delete_gateway(name).await? {
+            return Err(not_found(name));
+        }
+        // Dropping the client closes its connection.
+        self.0.slots.lock().expect("slots lock").remove(name);
+        self.0
+            .audit
+            .log(actor, "gateway.unregister", "gateway", name.as_str(), Some(name.as_str()), serde_json::json!({}))
+            .await;
+        Ok(())
+    }
+
+    pub async fn get(&self, name: &GatewayName) -> Result<GatewayRecord> {
+        self.0.store.get_gateway(name).await?.ok_or_else(|| not_found(name))
+    }
+
+    /// Cached status only: listing never probes a gateway.
+    pub async fn list(&self, selector: &LabelSelector, limit: u32, offset: u32) -> Result<(Vec<GatewayRecord>, u64)> {
+        Ok(self.0.store.list_gateways(selector, limit.clamp(1, 1000), offset).await?)
+    }
+
+    pub async fn update_metadata(
+        &self,
+        actor: &Actor,
+        name: &GatewayName,
+        patch: GatewayMetadataPatch,
+    ) -> Result<GatewayRecord> {
+        if let FieldPatch::Set(labels) = &patch.labels {
+            Labels::parse(labels.clone())?;
+            if labels.len() > 20 {
+                return Err(invalid("labels", "at most 20 labels"));
+            }
+        }
+        if let FieldPatch::Set(d) = &patch.description
+            && d.chars().count() > 1000
+        {
+            return Err(invalid("description", "at most 1000 characters"));
+        }
+        let record =
+            self.0.store.update_gateway_metadata(name, &patch).await.map_err(|e| match ServiceError::from(e) {
+                ServiceError::NotFound { .. } => not_found(name),
+                other => other,
+            })?;
+        self.0
+            .audit
+            .log(
+                actor,
+                "gateway.update_metadata",
+                "gateway",
+                name.as_str(),
+                Some(name.as_str()),
+                serde_json::json!({"description": patch.description, "labels": patch.labels}),
+            )
+            .await;
+        Ok(record)
+    }
+
+    // ------------------------------------------------------------ connections
+
+    /// The connected client for `name`: cached, or dialled once for all
+    /// concurrent callers. Inside the backoff window after a failure this
+    /// fails at once with the last error.
+    pub async fn client(&self, name: &GatewayName) -> Result<GrpcGateway> {
+        let slot = self.slot(name);
+        let mut st = slot.state.lock().await;
+        if let Some(client) = &st.client {
+            return Ok(client.clone());
+        }
+        if let Some(at) = st.retry_at {
+            let now = Instant::now();
+            if now < at {
+                let wait = (at - now).as_secs().max(1);
+                let last = st.last_error.as_ref().map_or_else(String::new, |e| format!(": {e}"));
+                return Err(GatewayError::Unreachable {
+                    message: format!("gateway {name} is not connected; next attempt in {wait}s{last}"),
+                }
+                .into());
+            }
+        }
+        let record = self.get(name).await?;
+        let config = connection_config(&record, self.0.timeouts)?;
+        self.0.dials.fetch_add(1, Ordering::Relaxed);
+        match GrpcGateway::connect(config).await {
+            Ok(client) => {
+                *st = SlotState { client: Some(client.clone()), ..SlotState::default() };
+                Ok(client)
+            }
+            Err(e) => {
+                st.failures += 1;
+                st.retry_at = Some(Instant::now() + self.backoff_for(st.failures));
+                st.last_error = Some(e.clone());
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Runs `f` with the gateway's client; a connection failure drops the
+    /// cached client and starts the backoff window.
+    pub async fn with_gateway<T, F, Fut>(&self, name: &GatewayName, f: F) -> Result<T>
+    where
+        F: FnOnce(GrpcGateway) -> Fut,
+        Fut: std::future::Future<Output = Result<T, GatewayError>>,
+    {
+        let client = self.client(name).await?;
+        match f(client).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_connection_failure() {
+                    self.note_failure(name, &e).await;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn note_failure(&self, name: &GatewayName, err: &GatewayError) {
+        let slot = self.slot(name);
+        let mut st = slot.state.lock().await;
+        st.client = None;
+        st.failures += 1;
+        st.retry_at = Some(Instant::now() + self.backoff_for(st.failures));
+        st.last_error = Some(err.clone());
+    }
+
+    /// Dials afresh, calls Health, records the outcome and, on success, keeps
+    /// the connection and clears any backoff.
+    pub async fn test_connection(&self, name: &GatewayName) -> Result<ConnectionTest> {
+        let record = self.get(name).await?;
+        let (test, client) = self.probe(&record, self.0.timeouts.connect).await;
+        let slot = self.slot(name);
+        let mut st = slot.state.lock().await;
+        *st = match client {
+            Some(c) => SlotState { client: Some(c), ..SlotState::default() },
+            None => SlotState {
+                failures: 1,
+                retry_at: Some(Instant::now() + self.backoff_for(1)),
+                last_error: None,
+                client: None,
+            },
+        };
+        Ok(test)
+    }
+
+    /// One health probe, bounded by `deadline`, recorded in the store.
+    async fn probe(&self, record: &GatewayRecord, deadline: Duration) -> (ConnectionTest, Option<GrpcGateway>) {
+        let started = Instant::now();
+        let attempt = async {
+            let mut timeouts = self.0.timeouts;
+            timeouts.connect = deadline;
+            timeouts.call = deadline;
+            let mut config =
+                connection_config(record, timeouts).map_err(|e| GatewayError::Config { message: e.to_string() })?;
+            config.retry = RetryPolicy::none();
+            self.0.dials.fetch_add(1, Ordering::Relaxed);
+            let client = GrpcGateway::connect(config).await?;
+            let health = client.health().await?;
+            Ok::<_, GatewayError>((client, health))
+        };
+        let outcome = match tokio::time::timeout(deadline, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(GatewayError::DeadlineExceeded { message: format!("no answer within {deadline:?}") }),
+        };
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let now = Utc::now();
+        let (test, health, client) = match outcome {
+            Ok((client, health)) => (
+                ConnectionTest {
+                    success: true,
+                    latency_ms,
+                    version: Some(health.version.clone()),
+                    error_code: None,
+                    error: None,
+                },
+                GatewayHealth {
+                    status: GatewayStatus::Connected,
+                    error_code: None,
+                    error: None,
+                    version: Some(health.version),
+                    checked_at: Some(now),
+                    last_seen: Some(now),
+                },
+                Some(client),
+            ),
+            Err(e) => {
+                let status = if matches!(e, GatewayError::Unreachable { .. } | GatewayError::DeadlineExceeded { .. }) {
+                    GatewayStatus::Unreachable
+                } else {
+                    GatewayStatus::Error
+                };
+                (
+                    ConnectionTest {
+                        success: false,
+                        latency_ms,
+                        version: None,
+                        error_code: Some(e.code().to_owned()),
+                        error: Some(e.to_string()),
+                    },
+                    GatewayHealth {
+                        status,
+                        error_code: Some(e.code().to_owned()),
+                        error: Some(e.to_string()),
+                        version: None,
+                        checked_at: Some(now),
+                        last_seen: None,
+                    },
+                    None,
+                )
+            }
+        };
+        if let Err(e) = self.0.store.update_gateway_health(&record.name, &health).await {
+            tracing::warn!(gateway = %record.name, error = %e, "could not record gateway health");
+        }
+        (test, client)
+    }
+
+    /// Probes every registered gateway once, concurrently.
+    pub async fn sweep(&self, settings: MonitorSettings) -> Result<usize> {
+        let mut all = Vec::new();
+        let mut offset = 0;
+        loop {
+            let (page, total) = self.0.store.list_gateways(&LabelSelector::default(), 1000, offset).await?;
+            offset += u32::try_from(page.len()).unwrap_or(u32::MAX);
+            all.extend(page);
+            if u64::from(offset) >= total || offset == 0 {
+                break;
+            }
+        }
+        let n = all.len();
+        futures::stream::iter(all)
+            .for_each_concurrent(settings.concurrency.max(1), |record| async move {
+                let (_, client) = self.probe(&record, settings.probe_timeout).await;
+                let slot = self.slot(&record.name);
+                let mut st = slot.state.lock().await;
+                match client {
+                    // A healthy gateway leaves backoff; keep a connection we already had.
+                    Some(c) => {
+                        if st.client.is_none() {
+                            *st = SlotState { client: Some(c), ..SlotState::default() };
+                        } else {
+                            st.failures = 0;
+                            st.retry_at = None;
+                        }
+                    }
+                    None => st.client = None,
+                }
+            })
+            .await;
+        self.0.last_sweep.store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Runs [`GatewayService::sweep`] every interval until `stop` is cancelled.
+    #[must_use]
+    pub fn spawn_monitor(&self, settings: MonitorSettings, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(settings.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = this.sweep(settings).await {
+                    tracing::warn!(error = %e, "gateway health sweep failed");
+                }
+            }
+        })
+    }
+
+    // ------------------------------------------------------------ live facts
+
+    /// The record plus live facts; when the gateway cannot be reached the
+    /// record still comes back, with the cached status saying why.
+    pub async fn info(&self, name: &GatewayName) -> Result<GatewayInfoView> {
+        let record = self.get(name).await?;
+        let mut warnings = Vec::new();
+        let client_cert_expires_at = match record.client_cert.as_deref().map(|c| parse_cert("client_cert", c)) {
+            Some(Ok(facts)) => {
+                let left = facts.not_after - Utc::now();
+                if left < chrono::Duration::zero() {
+                    warnings.push(format!("the client certificate expired on {}", facts.not_after.to_rfc3339()));
+                } else if left < EXPIRY_WARNING {
+                    warnings.push(format!(
+                        "the client certificate expires in {} day(s), on {}; issue a new one",
+                        left.num_days(),
+                        facts.not_after.to_rfc3339()
+                    ));
+                }
+                Some(facts.not_after)
+            }
+            _ => None,
+        };
+        let compute_drivers = match self.with_gateway(name, |gw| async move { gw.gateway_info().await }).await {
+            Ok(info) => info.compute_drivers,
+            Err(e) => {
+                warnings.push(format!("live information unavailable: {e}"));
+                Vec::new()
+            }
+        };
+        let record = self.get(name).await?;
+        Ok(GatewayInfoView { record, compute_drivers, client_cert_expires_at, warnings })
+    }
+
+    /// Gateway-wide settings, read live.
+    pub async fn settings(&self, name: &GatewayName) -> Result<GatewaySettings> {
+        self.with_gateway(name, |gw| async move { gw.gateway_settings().await }).await
+    }
+
+    fn check_setting_key(key: &str) -> Result<()> {
+        if GATEWAY_SETTING_KEYS.contains(&key) {
+            Ok(())
+        } else {
+            Err(invalid("key", format!("unknown setting {key:?}; valid keys: {}", GATEWAY_SETTING_KEYS.join(", "))))
+        }
+    }
+
+    pub async fn set_setting(
+        &self,
+        actor: &Actor,
+        name: &GatewayName,
+        key: &str,
+        value: SettingValue,
+    ) -> Result<GatewaySettings> {
+        Self::check_setting_key(key)?;
+        let change = ConfigChange::SetSetting { key: key.to_owned(), value: value.clone(), global: true };
+        let ws = WorkspaceName::default();
+        self.with_gateway(name, |gw| async move { gw.update_config(&ws, None, &change, None).await }).await?;
+        self.0
+            .audit
+            .log(
+                actor,
+                "gateway.setting.set",
+                "gateway_setting",
+                key,
+                Some(name.as_str()),
+                serde_json::json!({"value": value}),
+            )
+            .await;
+        self.settings(name).await
+    }
+
+    pub async fn delete_setting(&self, actor: &Actor, name: &GatewayName, key: &str) -> Result<GatewaySettings> {
+        Self::check_setting_key(key)?;
+        let change = ConfigChange::DeleteSetting { key: key.to_owned(), global: true };
+        let ws = WorkspaceName::default();
+        self.with_gateway(name, |gw| async move { gw.update_config(&ws, None, &change, None).await }).await?;
+        self.0
+            .audit
+            .log(actor, "gateway.setting.delete", "gateway_setting", key, Some(name.as_str()), serde_json::json!({}))
+            .await;
+        self.settings(name).await
+    }
+}
