@@ -17,7 +17,53 @@ pub fn postgres_url() -> String {
 pub struct TestStore {
     pub store: Arc<dyn Store>,
     pub backend: &'static str,
+    /// The SQLite file, for tests that inspect or tamper with it.
+    pub sqlite_path: Option<std::path::PathBuf>,
+    /// The PostgreSQL schema, likewise.
+    pub pg_schema: Option<String>,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl TestStore {
+    /// Runs raw SQL behind the store's back (tamper tests).
+    pub async fn raw_execute(&self, sql: &str) {
+        if let Some(path) = &self.sqlite_path {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.expect("open sqlite");
+            sqlx::query(sql).execute(&pool).await.expect("raw sql");
+            pool.close().await;
+        } else if let Some(schema) = &self.pg_schema {
+            let pool = sqlx::PgPool::connect(&postgres_url()).await.expect("connect");
+            sqlx::query(&format!("SET search_path TO {schema}")).execute(&pool).await.expect("search path");
+            let mut conn = pool.acquire().await.expect("conn");
+            sqlx::query(&format!("SET search_path TO {schema}")).execute(&mut *conn).await.expect("search path");
+            sqlx::query(sql).execute(&mut *conn).await.expect("raw sql");
+        }
+    }
+
+    /// Everything the database holds, as text: what a dump would show.
+    pub async fn dump_text(&self) -> String {
+        if let Some(path) = &self.sqlite_path {
+            let mut out = String::new();
+            for suffix in ["", "-wal"] {
+                let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+                if let Ok(bytes) = std::fs::read(&file) {
+                    out.push_str(&String::from_utf8_lossy(&bytes));
+                }
+            }
+            out
+        } else if let Some(schema) = &self.pg_schema {
+            let pool = sqlx::PgPool::connect(&postgres_url()).await.expect("connect");
+            let mut out = String::new();
+            for table in ["gateways", "gateway_labels", "audit_log", "audit_chain"] {
+                let sql = format!("SELECT COALESCE(string_agg(t::text, E'\\n'), '') FROM {schema}.{table} t");
+                let (text,): (String,) = sqlx::query_as(&sql).fetch_one(&pool).await.expect("dump");
+                out.push_str(&text);
+            }
+            out
+        } else {
+            String::new()
+        }
+    }
 }
 
 #[must_use]
@@ -27,15 +73,16 @@ pub fn cipher() -> SecretCipher {
 
 pub async fn sqlite() -> TestStore {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(&dir.path().join("breakwater.db"), cipher()).await.expect("sqlite store");
-    TestStore { store: Arc::new(store), backend: "sqlite", _dir: Some(dir) }
+    let path = dir.path().join("breakwater.db");
+    let store = SqliteStore::open(&path, cipher()).await.expect("sqlite store");
+    TestStore { store: Arc::new(store), backend: "sqlite", sqlite_path: Some(path), pg_schema: None, _dir: Some(dir) }
 }
 
 /// A fresh schema on the test PostgreSQL server. Panics with a clear message
 /// when the server is not running: the suite needs both backends.
 pub async fn postgres() -> TestStore {
-    let (store, _) = postgres_with_schema().await;
-    TestStore { store: Arc::new(store), backend: "postgres", _dir: None }
+    let (store, schema) = postgres_with_schema().await;
+    TestStore { store: Arc::new(store), backend: "postgres", sqlite_path: None, pg_schema: Some(schema), _dir: None }
 }
 
 /// As [`postgres`], also returning the schema name (for tests that tamper

@@ -1,0 +1,352 @@
+//! The gateway registry over real HTTP, against real simulated gateways
+//! over mTLS, on SQLite and on PostgreSQL.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use breakwater_server::AppState;
+use breakwater_services::{AuditService, GatewayService, MonitorSettings};
+use breakwater_store::testing::{TestStore, both};
+use openshell_sim::{Sim, SimConfig, SimPki};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct TestApp {
+    base: String,
+    http: reqwest::Client,
+    store: TestStore,
+    stop: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn spawn_app(store: TestStore, monitor_interval: Duration) -> TestApp {
+    let audit = AuditService::new(store.store.clone());
+    let gateways = GatewayService::new(store.store.clone(), audit.clone());
+    let monitor =
+        MonitorSettings { interval: monitor_interval, probe_timeout: Duration::from_secs(2), concurrency: 16 };
+    let stop = CancellationToken::new();
+    let _monitor = gateways.spawn_monitor(monitor, stop.clone());
+    let state = AppState { store: store.store.clone(), gateways, audit, monitor, started: Instant::now() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let shutdown = stop.clone();
+    tokio::spawn(async move {
+        breakwater_server::serve(listener, state, async move { shutdown.cancelled().await }).await.unwrap();
+    });
+    TestApp { base: format!("http://{addr}"), http: reqwest::Client::new(), store, stop }
+}
+
+async fn sim() -> Sim {
+    Sim::start(SimConfig::for_tests().unwrap()).await.unwrap()
+}
+
+fn register_body(name: &str, sim: &Sim, labels: Value) -> Value {
+    let pki = sim.pki().unwrap();
+    let client = pki.client.as_ref().unwrap();
+    json!({
+        "name": name,
+        "endpoint": sim.endpoint(),
+        "ca_cert": pki.ca_pem,
+        "client_cert": client.cert_pem,
+        "client_key": client.key_pem,
+        "metadata": {"runtime": "docker"},
+        "description": "a simulated gateway",
+        "labels": labels,
+    })
+}
+
+impl TestApp {
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.http.post(format!("{}{path}", self.base)).json(body).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn patch(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.http.patch(format!("{}{path}", self.base)).json(body).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = self.http.delete(format!("{}{path}", self.base)).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn status_of(&self, name: &str) -> String {
+        let (_, body) = self.get(&format!("/api/gateway/{name}/info")).await;
+        body["status"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+#[tokio::test]
+async fn register_list_filter_conflict_and_unregister() {
+    for store in both().await {
+        let backend = store.backend;
+        let app = spawn_app(store, Duration::from_secs(60)).await;
+        let (a, b) = (sim().await, sim().await);
+        let (status, body) =
+            app.post("/api/gateway/register", &register_body("alpha", &a, json!({"env": "prod"}))).await;
+        assert_eq!(status, 201, "{backend}: {body}");
+        assert_eq!(body["status"], "connected", "{backend}");
+        assert_eq!(body["version"], openshell_sim::DEFAULT_VERSION);
+        assert_eq!(body["connection"]["success"], true);
+        assert_eq!(
+            (body["has_client_key"].as_bool(), body.get("client_key")),
+            (Some(true), None),
+            "keys are never echoed"
+        );
+        let (status, _) = app.post("/api/gateway/register", &register_body("beta", &b, json!({"env": "dev"}))).await;
+        assert_eq!(status, 201);
+
+        let (status, body) = app.post("/api/gateway/register", &register_body("alpha", &a, json!({}))).await;
+        assert_eq!(status, 409, "{backend}: registering a name twice: {body}");
+        assert_eq!(body["code"], "CONFLICT");
+
+        let (_, all) = app.get("/api/gateway/list").await;
+        assert_eq!(all["total"], 2);
+        let (_, prod) = app.get("/api/gateway/list?label=env:prod").await;
+        assert_eq!(prod["items"].as_array().unwrap().len(), 1, "{backend}: {prod}");
+        assert_eq!(prod["items"][0]["name"], "alpha");
+        let (status, _) = app.get("/api/gateway/list?label=nocolon").await;
+        assert_eq!(status, 400);
+
+        let (status, patched) =
+            app.patch("/api/gateway/alpha", &json!({"description": null, "labels": {"env": "staging"}})).await;
+        assert_eq!(status, 200, "{patched}");
+        assert_eq!(patched["description"], Value::Null);
+        assert_eq!(patched["labels"]["env"], "staging");
+        let (_, kept) = app.patch("/api/gateway/alpha", &json!({})).await;
+        assert_eq!(kept["labels"]["env"], "staging", "absent keeps");
+
+        let (status, _) = app.delete("/api/gateway/beta").await;
+        assert_eq!(status, 200);
+        let (status, body) = app.delete("/api/gateway/beta").await;
+        assert_eq!((status, body["code"].as_str()), (404, Some("NOT_FOUND")));
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_ca_registers_but_status_and_test_connection_say_why() {
+    for store in both().await {
+        let app = spawn_app(store, Duration::from_secs(60)).await;
+        let s = sim().await;
+        let mut body = register_body("wrong-ca", &s, json!({}));
+        body["ca_cert"] = json!(SimPki::mint(&[]).unwrap().ca_pem);
+        let (status, body) = app.post("/api/gateway/register", &body).await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["status"], "error");
+        assert_eq!(body["error_code"], "tls_untrusted");
+        let (status, test) = app.post("/api/gateway/wrong-ca/test-connection", &json!({})).await;
+        assert_eq!(status, 200);
+        assert_eq!(test["success"], false);
+        assert!(test["error"].as_str().unwrap().contains("not trusted"), "{test}");
+        assert!(test["error"].as_str().unwrap().contains("CA bundle"), "says what to do: {test}");
+    }
+}
+
+#[tokio::test]
+async fn bad_registrations_are_400_with_the_field() {
+    let app = spawn_app(breakwater_store::testing::sqlite().await, Duration::from_secs(60)).await;
+    let s = sim().await;
+    for (patch, field) in [
+        (json!({"name": "-bad"}), "gateway_name"),
+        (json!({"endpoint": "no-port"}), "endpoint"),
+        (json!({"ca_cert": "not pem"}), "ca_cert"),
+        (json!({"client_key": "garbage"}), "client_key"),
+        (json!({"auth_mode": "kerberos"}), "auth_mode"),
+    ] {
+        let mut body = register_body("x", &s, json!({}));
+        for (k, v) in patch.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, resp) = app.post("/api/gateway/register", &body).await;
+        assert_eq!(status, 400, "{patch}: {resp}");
+        assert_eq!(resp["errors"][0]["field"], field, "{resp}");
+        assert!(resp["request_id"].is_string(), "problem+json carries the request id");
+    }
+}
+
+#[tokio::test]
+async fn a_dead_gateway_turns_unreachable_and_comes_back_by_itself() {
+    for store in both().await {
+        let backend = store.backend;
+        let app = spawn_app(store, Duration::from_millis(300)).await;
+        let s = sim().await;
+        app.post("/api/gateway/register", &register_body("flaky", &s, json!({}))).await;
+        assert_eq!(app.status_of("flaky").await, "connected");
+        s.set_outage(true);
+        let started = Instant::now();
+        // Listing never probes: it stays fast while the gateway is down.
+        let (_, _) = app.get("/api/gateway/list").await;
+        assert!(started.elapsed() < Duration::from_millis(500));
+        let mut status = String::new();
+        for _ in 0..40 {
+            let (_, list) = app.get("/api/gateway/list").await;
+            status = list["items"][0]["status"].as_str().unwrap().to_owned();
+            if status == "unreachable" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, "unreachable", "{backend}");
+        s.set_outage(false);
+        for _ in 0..40 {
+            let (_, list) = app.get("/api/gateway/list").await;
+            status = list["items"][0]["status"].as_str().unwrap().to_owned();
+            if status == "connected" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, "connected", "{backend}: recovers without a restart");
+    }
+}
+
+#[tokio::test]
+async fn settings_only_accept_real_keys() {
+    let app = spawn_app(breakwater_store::testing::sqlite().await, Duration::from_secs(60)).await;
+    let s = sim().await;
+    app.post("/api/gateway/register", &register_body("gw", &s, json!({}))).await;
+    // G09: a key that does not exist is refused before reaching the gateway.
+    let r = app
+        .http
+        .put(format!("{}/api/gateway/gw/settings/ocsf_logging_enabled", app.base))
+        .json(&json!({"value": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("ocsf_json_enabled"), "{body}");
+    let r = app
+        .http
+        .put(format!("{}/api/gateway/gw/settings/ocsf_json_enabled", app.base))
+        .json(&json!({"value": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (_, settings) = app.get("/api/gateway/gw/settings").await;
+    assert_eq!(settings["settings"]["ocsf_json_enabled"], true);
+    let (status, _) = app.delete("/api/gateway/gw/settings/ocsf_json_enabled").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn every_mutation_is_audited_once_and_tampering_shows() {
+    for store in both().await {
+        let backend = store.backend;
+        let app = spawn_app(store, Duration::from_secs(60)).await;
+        let s = sim().await;
+        app.post("/api/gateway/register", &register_body("audited", &s, json!({}))).await;
+        app.patch("/api/gateway/audited", &json!({"description": "new"})).await;
+        app.http
+            .put(format!("{}/api/gateway/audited/settings/ocsf_json_enabled", app.base))
+            .json(&json!({"value": true}))
+            .send()
+            .await
+            .unwrap();
+        app.delete("/api/gateway/audited/settings/ocsf_json_enabled").await;
+        app.delete("/api/gateway/audited").await;
+        // Reads and failed writes leave no entries.
+        app.get("/api/gateway/list").await;
+        app.post("/api/gateway/register", &json!({"name": "-", "endpoint": "x"})).await;
+
+        let (_, audit) = app.get("/api/audit").await;
+        let actions: Vec<&str> =
+            audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+        assert_eq!(
+            actions,
+            [
+                "gateway.unregister",
+                "gateway.setting.delete",
+                "gateway.setting.set",
+                "gateway.update_metadata",
+                "gateway.register"
+            ],
+            "{backend}"
+        );
+        let entry = &audit["entries"][4];
+        assert_eq!((entry["actor"].as_str(), entry["gateway"].as_str()), (Some("local-admin"), Some("audited")));
+        assert_eq!(entry["client_ip"], "127.0.0.1");
+        assert!(!audit.to_string().contains("PRIVATE KEY"), "{backend}: no secret in the audit trail");
+        let (_, filtered) = app.get("/api/audit?action=gateway.register").await;
+        assert_eq!(filtered["total"], 1);
+
+        let (_, verify) = app.get("/api/audit/verify").await;
+        assert_eq!(verify["ok"], true, "{backend}: {verify}");
+        assert_eq!(verify["checked"], 5);
+
+        let csv = app
+            .http
+            .get(format!("{}/api/audit/export?format=csv", app.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(csv.lines().count(), 6, "{backend}: header and five rows\n{csv}");
+        let json_export: Value = app
+            .http
+            .get(format!("{}/api/audit/export?format=json", app.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(json_export.as_array().unwrap().len(), 5);
+
+        // Someone edits a row by hand (having dropped the append-only guard).
+        let drop_guard = if backend == "sqlite" {
+            "DROP TRIGGER audit_log_no_update"
+        } else {
+            "DROP TRIGGER audit_log_no_update ON audit_log"
+        };
+        app.store.raw_execute(drop_guard).await;
+        app.store.raw_execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3").await;
+        let (_, verify) = app.get("/api/audit/verify").await;
+        assert_eq!(verify["ok"], false, "{backend}");
+        assert_eq!(verify["first_bad_seq"], 3, "{backend}: {verify}");
+    }
+}
+
+#[tokio::test]
+async fn the_database_never_holds_a_private_key_in_clear() {
+    for store in both().await {
+        let backend = store.backend;
+        let app = spawn_app(store, Duration::from_secs(60)).await;
+        let s = sim().await;
+        let (status, _) = app.post("/api/gateway/register", &register_body("secret", &s, json!({}))).await;
+        assert_eq!(status, 201);
+        let dump = app.store.dump_text().await;
+        assert!(dump.contains("BEGIN CERTIFICATE"), "{backend}: the dump is real (certificates are public)");
+        assert!(!dump.contains("PRIVATE KEY"), "{backend}: no PEM private key in the database");
+    }
+}
+
+#[tokio::test]
+async fn health_endpoints() {
+    let app = spawn_app(breakwater_store::testing::sqlite().await, Duration::from_secs(60)).await;
+    assert_eq!(app.get("/healthz").await.0, 200);
+    let (status, ready) = app.get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    let (_, version) = app.get("/version").await;
+    assert_eq!(version["openshell_protocol"], "0.1");
+    let r = app.http.get(format!("{}/no/such/route", app.base)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["request_id"], id);
+}
