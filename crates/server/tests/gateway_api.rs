@@ -45,7 +45,7 @@ async fn sim() -> Sim {
     Sim::start(SimConfig::for_tests().unwrap()).await.unwrap()
 }
 
-fn register_body(name: &str, sim: &Sim, labels: Value) -> Value {
+fn register_body(name: &str, sim: &Sim, labels: &Value) -> Value {
     let pki = sim.pki().unwrap();
     let client = pki.client.as_ref().unwrap();
     json!({
@@ -94,7 +94,7 @@ async fn register_list_filter_conflict_and_unregister() {
         let app = spawn_app(store, Duration::from_secs(60)).await;
         let (a, b) = (sim().await, sim().await);
         let (status, body) =
-            app.post("/api/gateway/register", &register_body("alpha", &a, json!({"env": "prod"}))).await;
+            app.post("/api/gateway/register", &register_body("alpha", &a, &json!({"env": "prod"}))).await;
         assert_eq!(status, 201, "{backend}: {body}");
         assert_eq!(body["status"], "connected", "{backend}");
         assert_eq!(body["version"], openshell_sim::DEFAULT_VERSION);
@@ -104,10 +104,10 @@ async fn register_list_filter_conflict_and_unregister() {
             (Some(true), None),
             "keys are never echoed"
         );
-        let (status, _) = app.post("/api/gateway/register", &register_body("beta", &b, json!({"env": "dev"}))).await;
+        let (status, _) = app.post("/api/gateway/register", &register_body("beta", &b, &json!({"env": "dev"}))).await;
         assert_eq!(status, 201);
 
-        let (status, body) = app.post("/api/gateway/register", &register_body("alpha", &a, json!({}))).await;
+        let (status, body) = app.post("/api/gateway/register", &register_body("alpha", &a, &json!({}))).await;
         assert_eq!(status, 409, "{backend}: registering a name twice: {body}");
         assert_eq!(body["code"], "CONFLICT");
 
@@ -139,7 +139,7 @@ async fn a_wrong_ca_registers_but_status_and_test_connection_say_why() {
     for store in both().await {
         let app = spawn_app(store, Duration::from_secs(60)).await;
         let s = sim().await;
-        let mut body = register_body("wrong-ca", &s, json!({}));
+        let mut body = register_body("wrong-ca", &s, &json!({}));
         body["ca_cert"] = json!(SimPki::mint(&[]).unwrap().ca_pem);
         let (status, body) = app.post("/api/gateway/register", &body).await;
         assert_eq!(status, 201, "{body}");
@@ -164,7 +164,7 @@ async fn bad_registrations_are_400_with_the_field() {
         (json!({"client_key": "garbage"}), "client_key"),
         (json!({"auth_mode": "kerberos"}), "auth_mode"),
     ] {
-        let mut body = register_body("x", &s, json!({}));
+        let mut body = register_body("x", &s, &json!({}));
         for (k, v) in patch.as_object().unwrap() {
             body[k] = v.clone();
         }
@@ -181,7 +181,7 @@ async fn a_dead_gateway_turns_unreachable_and_comes_back_by_itself() {
         let backend = store.backend;
         let app = spawn_app(store, Duration::from_millis(300)).await;
         let s = sim().await;
-        app.post("/api/gateway/register", &register_body("flaky", &s, json!({}))).await;
+        app.post("/api/gateway/register", &register_body("flaky", &s, &json!({}))).await;
         assert_eq!(app.status_of("flaky").await, "connected");
         s.set_outage(true);
         let started = Instant::now();
@@ -215,7 +215,7 @@ async fn a_dead_gateway_turns_unreachable_and_comes_back_by_itself() {
 async fn settings_only_accept_real_keys() {
     let app = spawn_app(breakwater_store::testing::sqlite().await, Duration::from_secs(60)).await;
     let s = sim().await;
-    app.post("/api/gateway/register", &register_body("gw", &s, json!({}))).await;
+    app.post("/api/gateway/register", &register_body("gw", &s, &json!({}))).await;
     // G09: a key that does not exist is refused before reaching the gateway.
     let r = app
         .http
@@ -247,7 +247,7 @@ async fn every_mutation_is_audited_once_and_tampering_shows() {
         let backend = store.backend;
         let app = spawn_app(store, Duration::from_secs(60)).await;
         let s = sim().await;
-        app.post("/api/gateway/register", &register_body("audited", &s, json!({}))).await;
+        app.post("/api/gateway/register", &register_body("audited", &s, &json!({}))).await;
         app.patch("/api/gateway/audited", &json!({"description": "new"})).await;
         app.http
             .put(format!("{}/api/gateway/audited/settings/ocsf_json_enabled", app.base))
@@ -327,7 +327,7 @@ async fn the_database_never_holds_a_private_key_in_clear() {
         let backend = store.backend;
         let app = spawn_app(store, Duration::from_secs(60)).await;
         let s = sim().await;
-        let (status, _) = app.post("/api/gateway/register", &register_body("secret", &s, json!({}))).await;
+        let (status, _) = app.post("/api/gateway/register", &register_body("secret", &s, &json!({}))).await;
         assert_eq!(status, 201);
         let dump = app.store.dump_text().await;
         assert!(dump.contains("BEGIN CERTIFICATE"), "{backend}: the dump is real (certificates are public)");
