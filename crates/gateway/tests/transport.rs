@@ -89,7 +89,7 @@ async fn expired_or_misnamed_server_certificates_are_named() {
 }
 
 #[tokio::test]
-async fn skip_verification_still_presents_the_client_certificate() {
+async fn g01_skip_verification_still_presents_the_client_certificate() {
     // G01: a server certificate we cannot verify (misnamed, unknown CA), but
     // the gateway demands our client certificate and gets it.
     let ca = CertAuthority::new("test CA").unwrap();
@@ -154,7 +154,7 @@ async fn plaintext_mode_works_when_explicitly_chosen() {
 }
 
 #[tokio::test]
-async fn ipv6_loopback_endpoint_connects() {
+async fn g10_ipv6_loopback_endpoint_connects() {
     // G10: `[::1]:PORT` is accepted and dialled over IPv6.
     let sim = sim_with(SimTls::Mtls(SimPki::mint(&[]).unwrap()), "[::1]:0").await;
     let config = mtls_config(&sim);

@@ -135,7 +135,7 @@ async fn register_list_filter_conflict_and_unregister() {
 }
 
 #[tokio::test]
-async fn a_wrong_ca_registers_but_status_and_test_connection_say_why() {
+async fn g02_a_wrong_ca_registers_but_status_and_test_connection_say_why() {
     for store in both().await {
         let app = spawn_app(store, Duration::from_secs(60)).await;
         let s = sim().await;
@@ -212,7 +212,7 @@ async fn a_dead_gateway_turns_unreachable_and_comes_back_by_itself() {
 }
 
 #[tokio::test]
-async fn settings_only_accept_real_keys() {
+async fn g09_an_unknown_setting_key_is_400_listing_the_valid_ones() {
     let app = spawn_app(breakwater_store::testing::sqlite().await, Duration::from_secs(60)).await;
     let s = sim().await;
     app.post("/api/gateway/register", &register_body("gw", &s, &json!({}))).await;
@@ -349,4 +349,19 @@ async fn health_endpoints() {
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["request_id"], id);
+}
+
+#[tokio::test]
+async fn g05_a_gateway_answering_unimplemented_is_501_naming_the_version() {
+    let app = spawn_app(breakwater_store::testing::sqlite().await, Duration::from_secs(60)).await;
+    let s = sim().await;
+    app.post("/api/gateway/register", &register_body("old", &s, &json!({}))).await;
+    s.faults().fail_next(Some("GetGatewayConfig"), openshell_sim::parse_code("unimplemented").unwrap());
+    let (status, body) = app.get("/api/gateway/old/config").await;
+    assert_eq!(status, 501, "{body}");
+    assert_eq!(body["code"], "NOT_IMPLEMENTED");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("version"), "says the gateway's version lacks the call: {detail}");
+    // The next call is unaffected.
+    assert_eq!(app.get("/api/gateway/old/config").await.0, 200);
 }

@@ -416,25 +416,36 @@ impl GatewayService {
     /// the connection and clears any backoff.
     pub async fn test_connection(&self, name: &GatewayName) -> Result<ConnectionTest> {
         let record = self.get(name).await?;
-        let (test, client) = self.probe(&record, self.0.timeouts.connect).await;
+        let (test, client) = self.probe(&record, self.0.timeouts.connect, None).await;
         let slot = self.slot(name);
         let mut st = slot.state.lock().await;
         *st = match client {
-            Some(c) => SlotState { client: Some(c), ..SlotState::default() },
-            None => SlotState {
+            Ok(c) => SlotState { client: Some(c), ..SlotState::default() },
+            Err(e) => SlotState {
                 failures: 1,
                 retry_at: Some(Instant::now() + self.backoff_for(1)),
-                last_error: None,
+                last_error: Some(e),
                 client: None,
             },
         };
         Ok(test)
     }
 
-    /// One health probe, bounded by `deadline`, recorded in the store.
-    async fn probe(&self, record: &GatewayRecord, deadline: Duration) -> (ConnectionTest, Option<GrpcGateway>) {
+    /// One health probe, bounded by `deadline`, recorded in the store. With a
+    /// cached client the probe is one Health call on the open connection
+    /// (tonic re-dials a broken one by itself); without, a fresh dial.
+    async fn probe(
+        &self,
+        record: &GatewayRecord,
+        deadline: Duration,
+        cached: Option<GrpcGateway>,
+    ) -> (ConnectionTest, Result<GrpcGateway, GatewayError>) {
         let started = Instant::now();
         let attempt = async {
+            if let Some(client) = cached {
+                let health = client.health().await?;
+                return Ok((client, health));
+            }
             let mut timeouts = self.0.timeouts;
             timeouts.connect = deadline;
             timeouts.call = deadline;
@@ -469,7 +480,7 @@ impl GatewayService {
                     checked_at: Some(now),
                     last_seen: Some(now),
                 },
-                Some(client),
+                Ok(client),
             ),
             Err(e) => {
                 let status = if matches!(e, GatewayError::Unreachable { .. } | GatewayError::DeadlineExceeded { .. }) {
@@ -493,7 +504,7 @@ impl GatewayService {
                         checked_at: Some(now),
                         last_seen: None,
                     },
-                    None,
+                    Err(e),
                 )
             }
         };
@@ -518,12 +529,14 @@ impl GatewayService {
         let n = all.len();
         futures::stream::iter(all)
             .for_each_concurrent(settings.concurrency.max(1), |record| async move {
-                let (_, client) = self.probe(&record, settings.probe_timeout).await;
                 let slot = self.slot(&record.name);
+                // A slot locked by a caller's dial: probe on our own rather than wait for it.
+                let cached = slot.state.try_lock().ok().and_then(|st| st.client.clone());
+                let (_, client) = self.probe(&record, settings.probe_timeout, cached).await;
                 let mut st = slot.state.lock().await;
                 match client {
                     // A healthy gateway leaves backoff; keep a connection we already had.
-                    Some(c) => {
+                    Ok(c) => {
                         if st.client.is_none() {
                             *st = SlotState { client: Some(c), ..SlotState::default() };
                         } else {
@@ -531,7 +544,10 @@ impl GatewayService {
                             st.retry_at = None;
                         }
                     }
-                    None => st.client = None,
+                    Err(e) => {
+                        st.client = None;
+                        st.last_error = Some(e);
+                    }
                 }
             })
             .await;
@@ -573,7 +589,8 @@ impl GatewayService {
                 } else if left < EXPIRY_WARNING {
                     warnings.push(format!(
                         "the client certificate expires in {} day(s), on {}; issue a new one",
-                        left.num_days(),
+                        // Rounded up: a certificate minted "for 3 days" says 3, not 2.
+                        (left.num_hours() + 23) / 24,
                         facts.not_after.to_rfc3339()
                     ));
                 }
