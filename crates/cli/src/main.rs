@@ -16,7 +16,9 @@ use breakwater_domain::sandbox::NewSandbox;
 use breakwater_domain::{Labels, SandboxName, Secret};
 use breakwater_gateway::Gateway;
 use breakwater_server::AppState;
-use breakwater_services::{Actor, AuditService, GatewayService, MonitorSettings, RegisterGateway};
+use breakwater_services::{
+    Actor, AuditService, GatewayService, LocalGatewayManager, LocalTools, MonitorSettings, RegisterGateway,
+};
 use breakwater_store::{PgStore, SecretCipher, SqliteStore, Store};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use openshell_sim::{Sim, SimConfig, SimPki, SimTls, Timing};
@@ -82,6 +84,13 @@ struct ServerArgs {
     /// Log format.
     #[arg(long, env = "BREAKWATER_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// The OpenShell CLI's config directory, read by /api/gateway/import-filesystem
+    /// and after /api/gateway/create (default: $XDG_CONFIG_HOME/openshell or ~/.config/openshell).
+    #[arg(long, env = "BREAKWATER_OPENSHELL_CONFIG_DIR")]
+    openshell_config_dir: Option<PathBuf>,
+    /// Delete audit entries older than this many days, once a day (0 keeps them forever).
+    #[arg(long, env = "BREAKWATER_AUDIT_RETENTION_DAYS", default_value_t = 0)]
+    audit_retention_days: u32,
 }
 
 impl ServerArgs {
@@ -94,6 +103,14 @@ impl ServerArgs {
         }
         let base = dirs::data_dir().context("no user data directory on this system; pass --data-dir")?;
         Ok(base.join("breakwater"))
+    }
+
+    fn local_tools(&self) -> LocalTools {
+        let mut tools = LocalTools::default();
+        if let Some(dir) = &self.openshell_config_dir {
+            tools.openshell_config_dir = Some(dir.clone());
+        }
+        tools
     }
 
     fn monitor(&self) -> anyhow::Result<MonitorSettings> {
@@ -168,6 +185,8 @@ fn config_show(args: &ServerArgs) -> anyhow::Result<()> {
         "monitor_interval_seconds": args.monitor_interval,
         "probe_timeout_seconds": args.probe_timeout,
         "log_format": format!("{:?}", args.log_format).to_lowercase(),
+        "openshell_config_dir": args.local_tools().openshell_config_dir,
+        "audit_retention_days": args.audit_retention_days,
         "auth": "local mode: every request acts as local-admin (identity arrives with issue 6)",
     });
     println!("{}", serde_json::to_string_pretty(&shown)?);
@@ -206,7 +225,12 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
     let monitor_settings = args.monitor()?;
     let stop = CancellationToken::new();
     let monitor = gateways.spawn_monitor(monitor_settings, stop.clone());
-    let state = AppState { store, gateways, audit, monitor: monitor_settings, started: Instant::now() };
+    if args.audit_retention_days > 0 {
+        // Stops with the monitor's token; nothing waits on it at shutdown.
+        let _retention = audit.spawn_retention(args.audit_retention_days, Duration::from_secs(24 * 3600), stop.clone());
+    }
+    let local = LocalGatewayManager::new(gateways.clone(), args.local_tools());
+    let state = AppState { store, gateways, audit, local, monitor: monitor_settings, started: Instant::now() };
     Ok(Running { state, stop, monitor })
 }
 

@@ -11,7 +11,7 @@ use breakwater_services::VerifyReport;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::extract::QueryPairs;
+use crate::extract::{Caller, QueryPairs};
 use crate::{ApiError, ApiResult, AppState};
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -19,6 +19,27 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/audit", get(list))
         .route("/api/audit/verify", get(verify))
         .route("/api/audit/export", get(export))
+        .route("/api/audit/cleanup", axum::routing::post(cleanup))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CleanupBody {
+    older_than_days: u32,
+}
+
+/// Retention by hand (the server can also run it daily): deletes entries
+/// older than N days and records that it did.
+async fn cleanup(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Json(body): Json<CleanupBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if body.older_than_days == 0 {
+        return Err(ApiError::bad_request("older_than_days", "must be at least 1"));
+    }
+    let deleted = state.audit.cleanup(&actor, body.older_than_days).await?;
+    Ok(Json(serde_json::json!({"deleted": deleted, "older_than_days": body.older_than_days})))
 }
 
 fn filter(q: &QueryPairs) -> ApiResult<AuditFilter> {

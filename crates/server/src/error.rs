@@ -5,7 +5,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use breakwater_gateway::GatewayError;
-use breakwater_services::ServiceError;
+use breakwater_services::{LocalError, ServiceError};
 use serde::Serialize;
 
 #[derive(Debug)]
@@ -118,6 +118,15 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Invalid { field, message } => Self::bad_request(&field, message),
             ServiceError::Gateway(g) => g.into(),
+            ServiceError::Local(l) => {
+                let (status, code) = match &l {
+                    LocalError::ToolMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "LOCAL_TOOL_MISSING"),
+                    LocalError::DockerUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "DOCKER_UNAVAILABLE"),
+                    LocalError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "LOCAL_COMMAND_TIMEOUT"),
+                    LocalError::CommandFailed { .. } => (StatusCode::BAD_GATEWAY, "LOCAL_COMMAND_FAILED"),
+                };
+                Self::new(status, code, l.to_string())
+            }
             ServiceError::Store(s) => {
                 tracing::error!(error = %s, "storage failure");
                 Self::new(

@@ -52,6 +52,14 @@ impl QueryPairs {
         }
     }
 
+    pub fn bool(&self, key: &str) -> Result<bool, ApiError> {
+        match self.get(key) {
+            None | Some("" | "false" | "0") => Ok(false),
+            Some("true" | "1") => Ok(true),
+            Some(_) => Err(ApiError::bad_request(key, format!("{key} must be true or false"))),
+        }
+    }
+
     pub fn time(&self, key: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
         self.get(key)
             .filter(|v| !v.is_empty())

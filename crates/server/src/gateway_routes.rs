@@ -28,7 +28,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/gateway/{name}/test-connection", post(test_connection))
 }
 
-fn gateway_name(raw: &str) -> ApiResult<GatewayName> {
+pub(crate) fn gateway_name(raw: &str) -> ApiResult<GatewayName> {
     GatewayName::parse(raw).map_err(|e| ApiError::bad_request("name", e.to_string()))
 }
 
@@ -166,6 +166,7 @@ async fn register(
         metadata: body.metadata,
         description: body.description,
         labels: body.labels,
+        origin: None,
     };
     let (record, connection) = state.gateways.register(&actor, input).await?;
     Ok((StatusCode::CREATED, Json(RegisterResponse { gateway: record.into(), connection })))

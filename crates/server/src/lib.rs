@@ -9,6 +9,7 @@ mod audit_routes;
 mod error;
 mod extract;
 mod gateway_routes;
+mod local_routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use breakwater_services::{AuditService, GatewayService, MonitorSettings};
+use breakwater_services::{AuditService, GatewayService, LocalGatewayManager, MonitorSettings};
 use breakwater_store::Store;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 
@@ -36,6 +37,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub gateways: GatewayService,
     pub audit: AuditService,
+    pub local: LocalGatewayManager,
     pub monitor: MonitorSettings,
     pub started: Instant,
 }
@@ -48,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/version", get(version))
         .merge(gateway_routes::routes())
+        .merge(local_routes::routes())
         .merge(audit_routes::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .layer(axum::middleware::from_fn(problem_request_id))

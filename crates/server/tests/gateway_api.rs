@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use breakwater_server::AppState;
-use breakwater_services::{AuditService, GatewayService, MonitorSettings};
+use breakwater_services::{AuditService, GatewayService, LocalGatewayManager, LocalTools, MonitorSettings};
 use breakwater_store::testing::{TestStore, both};
 use openshell_sim::{Sim, SimConfig, SimPki};
 use serde_json::{Value, json};
@@ -25,13 +25,18 @@ impl Drop for TestApp {
 }
 
 async fn spawn_app(store: TestStore, monitor_interval: Duration) -> TestApp {
+    spawn_app_with(store, monitor_interval, LocalTools::default()).await
+}
+
+async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools: LocalTools) -> TestApp {
     let audit = AuditService::new(store.store.clone());
     let gateways = GatewayService::new(store.store.clone(), audit.clone());
     let monitor =
         MonitorSettings { interval: monitor_interval, probe_timeout: Duration::from_secs(2), concurrency: 16 };
     let stop = CancellationToken::new();
     let _monitor = gateways.spawn_monitor(monitor, stop.clone());
-    let state = AppState { store: store.store.clone(), gateways, audit, monitor, started: Instant::now() };
+    let local = LocalGatewayManager::new(gateways.clone(), tools);
+    let state = AppState { store: store.store.clone(), gateways, audit, local, monitor, started: Instant::now() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let shutdown = stop.clone();
@@ -364,4 +369,61 @@ async fn g05_a_gateway_answering_unimplemented_is_501_naming_the_version() {
     assert!(detail.contains("version"), "says the gateway's version lacks the call: {detail}");
     // The next call is unaffected.
     assert_eq!(app.get("/api/gateway/old/config").await.0, 200);
+}
+
+#[tokio::test]
+async fn import_filesystem_local_lifecycle_and_audit_cleanup_over_http() {
+    let s = sim().await;
+    let pki = s.pki().unwrap();
+    let client = pki.client.as_ref().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let entry = config.path().join("gateways/from-cli");
+    std::fs::create_dir_all(entry.join("mtls")).unwrap();
+    std::fs::write(
+        entry.join("metadata.json"),
+        json!({"gateway_endpoint": format!("https://{}", s.endpoint())}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(entry.join("mtls/ca.crt"), &pki.ca_pem).unwrap();
+    std::fs::write(entry.join("mtls/tls.crt"), &client.cert_pem).unwrap();
+    std::fs::write(entry.join("mtls/tls.key"), &client.key_pem).unwrap();
+    std::fs::create_dir_all(config.path().join("gateways/empty")).unwrap();
+    // No tools at all on the search path.
+    let bin = tempfile::tempdir().unwrap();
+    let tools = LocalTools {
+        search_path: Some(bin.path().as_os_str().to_owned()),
+        openshell_config_dir: Some(config.path().to_owned()),
+        ..LocalTools::default()
+    };
+    let app = spawn_app_with(breakwater_store::testing::sqlite().await, Duration::from_secs(60), tools).await;
+
+    let (status, report) = app.post("/api/gateway/import-filesystem", &json!({})).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["imported"], json!(["from-cli"]));
+    assert_eq!(report["skipped"][0]["name"], "empty");
+    assert_eq!(app.status_of("from-cli").await, "connected");
+
+    let (status, diag) = app.get("/api/gateway/diagnostics").await;
+    assert_eq!(status, 200);
+    assert_eq!(diag["docker_installed"], false);
+    assert_eq!(diag["openshell_installed"], false);
+
+    let (status, body) = app.post("/api/gateway/from-cli/start", &json!({})).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "LOCAL_TOOL_MISSING");
+    assert!(body["detail"].as_str().unwrap().contains("docker CLI was not found"), "{body}");
+    let (status, body) = app.post("/api/gateway/create", &json!({"name": "x", "port": 0})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = app.post("/api/gateway/register", &register_body("diagnostics", &s, &json!({}))).await;
+    assert_eq!(status, 400, "a name that is an API path is refused: {body}");
+
+    let (status, body) = app.post("/api/audit/cleanup", &json!({"older_than_days": 0})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = app.post("/api/audit/cleanup", &json!({"older_than_days": 30})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["deleted"], 0);
+    let (_, verify) = app.get("/api/audit/verify").await;
+    assert_eq!(verify["ok"], true, "{verify}");
+    let (_, audit) = app.get("/api/audit?action=audit.cleanup").await;
+    assert_eq!(audit["total"], 1, "{audit}");
 }

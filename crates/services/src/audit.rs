@@ -185,6 +185,30 @@ impl AuditService {
         .await;
         Ok(deleted)
     }
+
+    /// Runs [`AuditService::cleanup`] every `every` until `stop` is cancelled.
+    #[must_use]
+    pub fn spawn_retention(
+        &self,
+        days: u32,
+        every: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match this.cleanup(&Actor::system(), days).await {
+                    Ok(n) => tracing::info!(deleted = n, days, "audit retention"),
+                    Err(e) => tracing::warn!(error = %e, "audit retention failed"),
+                }
+            }
+        })
+    }
 }
 
 fn matches(f: &AuditFilter, e: &AuditEntry) -> bool {

@@ -46,6 +46,9 @@ pub struct RegisterGateway {
     pub metadata: BTreeMap<String, serde_json::Value>,
     pub description: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Where the registration came from when not the API (e.g. `import`),
+    /// for the audit trail.
+    pub origin: Option<String>,
 }
 
 /// Outcome of a live connection test.
@@ -95,6 +98,9 @@ impl Default for Backoff {
         Self { initial: Duration::from_secs(5), max: Duration::from_secs(60) }
     }
 }
+
+/// Names that would collide with `/api/gateway/<word>` routes.
+const RESERVED_NAMES: &[&str] = &["list", "register", "create", "diagnostics", "import-filesystem"];
 
 /// Client certificates closer than this to expiry raise a warning.
 const EXPIRY_WARNING: chrono::Duration = chrono::Duration::days(14);
@@ -193,6 +199,20 @@ impl GatewayService {
         }
     }
 
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.0.store
+    }
+
+    pub(crate) fn audit(&self) -> &AuditService {
+        &self.0.audit
+    }
+
+    /// Drops the cached connection and any backoff, e.g. after a local
+    /// gateway was stopped or restarted.
+    pub fn forget_connection(&self, name: &GatewayName) {
+        self.0.slots.lock().expect("slots lock").remove(name);
+    }
+
     fn slot(&self, name: &GatewayName) -> Arc<Slot> {
         self.0.slots.lock().expect("slots lock").entry(name.clone()).or_default().clone()
     }
@@ -210,6 +230,9 @@ impl GatewayService {
     /// that went. A failed connection does not fail the registration.
     pub async fn register(&self, actor: &Actor, input: RegisterGateway) -> Result<(GatewayRecord, ConnectionTest)> {
         let name = GatewayName::parse(&input.name)?;
+        if RESERVED_NAMES.contains(&name.as_str()) {
+            return Err(invalid("name", format!("{name:?} is reserved: /api/gateway/{name} is an API path")));
+        }
         let address = GatewayAddress::parse(&input.endpoint).map_err(|e| invalid("endpoint", e.to_string()))?;
         let scheme = input.scheme.unwrap_or_else(|| "https".into());
         if scheme != "https" && scheme != "http" {
@@ -279,6 +302,7 @@ impl GatewayService {
                     "ca_sha256": ca.map(|c| c.sha256),
                     "client_cert_sha256": client.map(|c| c.sha256),
                     "labels": record.labels,
+                    "origin": input.origin,
                 }),
             )
             .await;

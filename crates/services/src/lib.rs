@@ -5,6 +5,8 @@
 pub mod audit;
 mod certs;
 pub mod gateways;
+pub mod import;
+pub mod local;
 
 use breakwater_domain::DomainError;
 use breakwater_gateway::GatewayError;
@@ -12,6 +14,8 @@ use breakwater_store::StoreError;
 
 pub use audit::{AuditService, VerifyReport};
 pub use gateways::{ConnectionTest, GatewayInfoView, GatewayService, MonitorSettings, RegisterGateway};
+pub use import::{ImportProblem, ImportReport, default_openshell_config_dir};
+pub use local::{CreateLocalGateway, Diagnostics, LocalActionResult, LocalError, LocalGatewayManager, LocalTools};
 
 /// Who is acting, for authorization decisions and the audit trail.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +51,8 @@ pub enum ServiceError {
     Gateway(#[from] GatewayError),
     #[error("storage failed: {0}")]
     Store(StoreError),
+    #[error(transparent)]
+    Local(#[from] local::LocalError),
 }
 
 impl From<StoreError> for ServiceError {
