@@ -89,19 +89,44 @@ pub async fn postgres() -> TestStore {
 /// with rows directly).
 pub async fn postgres_with_schema() -> (PgStore, String) {
     let url = postgres_url();
-    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    // The creation time in the name lets later runs sweep what this one leaves.
+    let now = chrono::Utc::now().timestamp();
+    let schema = format!("t_{now}_{}", uuid::Uuid::new_v4().simple());
     let admin = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(5))
         .connect(&url)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL at {url} is needed by the tests (.ci/run starts it): {e}"));
+    sweep_stale_schemas(&admin, now).await;
     sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.expect("create schema");
     admin.close().await;
     let options: sqlx::postgres::PgConnectOptions = url.parse().expect("url");
     let options = options.options([("search_path", schema.as_str())]);
     let store = PgStore::connect_with(options, cipher(), Duration::from_secs(5)).await.expect("postgres store");
     (store, schema)
+}
+
+/// Drops test schemas older than an hour (once per process): a test's pool
+/// outlives any synchronous `Drop`, so schemas are reaped by later runs.
+async fn sweep_stale_schemas(admin: &sqlx::PgPool, now: i64) {
+    static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SWEPT.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let Ok(rows) = sqlx::query_scalar::<_, String>("SELECT nspname FROM pg_namespace WHERE nspname LIKE 't\\_%'")
+        .fetch_all(admin)
+        .await
+    else {
+        return;
+    };
+    for name in rows {
+        let born = name.split('_').nth(1).and_then(|t| t.parse::<i64>().ok());
+        // Schemas from before timestamps were in the name have none: stale too.
+        if born.is_none_or(|t| now - t > 3600) {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")).execute(admin).await;
+        }
+    }
 }
 
 /// Both backends, for tests that must hold on each.
