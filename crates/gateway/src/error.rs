@@ -103,7 +103,10 @@ impl GatewayError {
         match self {
             Self::Unreachable { .. } => "gateway_unreachable",
             Self::TlsUntrusted { .. } => "tls_untrusted",
-            Self::TlsCertificate { .. } => "tls_certificate",
+            Self::TlsCertificate { problem: CertificateProblem::ServerExpired, .. } => "tls_server_certificate_expired",
+            Self::TlsCertificate { problem: CertificateProblem::WrongHost, .. } => "tls_wrong_host",
+            Self::TlsCertificate { problem: CertificateProblem::ClientExpired, .. } => "tls_client_certificate_expired",
+            Self::TlsCertificate { problem: CertificateProblem::ClientRejected, .. } => "tls_client_rejected",
             Self::Unauthenticated { .. } => "unauthenticated",
             Self::PermissionDenied { .. } => "permission_denied",
             Self::NotFound { .. } => "not_found",

@@ -61,6 +61,7 @@ async fn expired_client_certificate_is_reported_as_such() {
     let err = connect_err(mtls_config(&sim)).await;
     assert!(matches!(err, GatewayError::TlsCertificate { problem: CertificateProblem::ClientExpired, .. }), "{err:?}");
     assert!(err.to_string().contains("client certificate"), "{err}");
+    assert_eq!(err.code(), "tls_client_certificate_expired");
 }
 
 #[tokio::test]
@@ -76,6 +77,7 @@ async fn expired_or_misnamed_server_certificates_are_named() {
     .await;
     let err = connect_err(mtls_config(&sim)).await;
     assert!(matches!(err, GatewayError::TlsCertificate { problem: CertificateProblem::ServerExpired, .. }), "{err:?}");
+    assert_eq!(err.code(), "tls_server_certificate_expired");
 
     let misnamed = ca.issue_server(&["gw.example.com".into()], Validity::days(30)).unwrap();
     let sim = sim_with(
@@ -86,6 +88,7 @@ async fn expired_or_misnamed_server_certificates_are_named() {
     let err = connect_err(mtls_config(&sim)).await;
     assert!(matches!(err, GatewayError::TlsCertificate { problem: CertificateProblem::WrongHost, .. }), "{err:?}");
     assert!(err.to_string().contains("endpoint"), "{err}");
+    assert_eq!(err.code(), "tls_wrong_host");
 }
 
 #[tokio::test]
