@@ -121,7 +121,7 @@ pub struct LocalGatewayManager {
 }
 
 const DOCKER_HINT: &str = "install Docker (https://docs.docker.com/engine/install/) to run gateways on this machine";
-const OPENSHELL_HINT: &str = "install the OpenShell CLI (`pip install openshell`) to create local gateways";
+const OPENSHELL_HINT: &str = "install the OpenShell CLI (https://docs.nvidia.com/openshell/latest/) and put `openshell` on PATH to manage local gateways";
 
 fn container(name: &GatewayName) -> String {
     format!("openshell-cluster-{name}")
@@ -212,16 +212,14 @@ impl LocalGatewayManager {
         } else {
             d.advice.push(DOCKER_HINT.to_owned());
         }
-        if let Some(id) = self.which("id")
-            && let Ok(Ok(out)) = tokio::time::timeout(
-                self.tools.probe_timeout,
-                tokio::process::Command::new(id).arg("-Gn").stdin(Stdio::null()).kill_on_drop(true).output(),
-            )
-            .await
-            && out.status.success()
-        {
-            d.user_groups = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+        if let Some(groups) = self.id(&["-Gn"]).await {
+            d.user_groups = groups.split_whitespace().map(str::to_owned).collect();
             d.in_docker_group = d.user_groups.iter().any(|g| g == "docker");
+        }
+        if d.user == "unknown"
+            && let Some(user) = self.id(&["-un"]).await
+        {
+            d.user = user.trim().to_owned();
         }
         match d.docker_error.as_deref() {
             Some("permission denied on the Docker socket") if !d.in_docker_group => d.advice.push(format!(
@@ -244,6 +242,16 @@ impl LocalGatewayManager {
             d.advice.push(OPENSHELL_HINT.to_owned());
         }
         d
+    }
+
+    /// `id ARGS` output, when `id` exists and succeeds.
+    async fn id(&self, args: &[&str]) -> Option<String> {
+        let exe = self.which("id")?;
+        let run = tokio::process::Command::new(exe).args(args).stdin(Stdio::null()).kill_on_drop(true).output();
+        match tokio::time::timeout(self.tools.probe_timeout, run).await {
+            Ok(Ok(out)) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
+            _ => None,
+        }
     }
 
     // ------------------------------------------------------------ lifecycle

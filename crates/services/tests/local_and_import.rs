@@ -263,6 +263,7 @@ async fn diagnostics_report_versions_and_a_stopped_daemon() {
     assert_eq!(d.openshell_version.as_deref(), Some("openshell 0.1.5"));
     assert!(d.advice.is_empty(), "{:?}", d.advice);
     assert!(!d.user_groups.is_empty(), "id -Gn ran");
+    assert_ne!(d.user, "unknown", "from $USER or id -un");
 
     f.standins.flag("daemon-down");
     let d = f.local.diagnostics().await;
@@ -419,9 +420,7 @@ async fn a_missing_openshell_cli_is_a_clear_error() {
     let tools = LocalTools { search_path: Some(f.standins.bin.as_os_str().to_owned()), ..f.standins.tools() };
     let local = LocalGatewayManager::new(f.gateways.clone(), tools);
     let err = local.destroy(&Actor::system(), &name("gw"), false).await.unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "the openshell CLI was not found on PATH; install the OpenShell CLI (`pip install openshell`) to create local gateways"
-    );
+    let text = err.to_string();
+    assert!(text.starts_with("the openshell CLI was not found on PATH; install the OpenShell CLI"), "{text}");
     f.sim.shutdown().await;
 }
