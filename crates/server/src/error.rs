@@ -14,6 +14,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub detail: String,
     pub errors: Vec<FieldError>,
+    /// Problem-specific members (e.g. `current_hash` on a stale apply).
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -33,12 +35,14 @@ struct Problem<'a> {
     code: &'a str,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     errors: &'a [FieldError],
+    #[serde(flatten)]
+    extra: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
     #[must_use]
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, code, detail: detail.into(), errors: Vec::new() }
+        Self { status, code, detail: detail.into(), errors: Vec::new(), extra: serde_json::Map::new() }
     }
 
     #[must_use]
@@ -49,6 +53,7 @@ impl ApiError {
             code: "VALIDATION_ERROR",
             detail: message.clone(),
             errors: vec![FieldError { field: field.to_owned(), message }],
+            extra: serde_json::Map::new(),
         }
     }
 }
@@ -64,6 +69,7 @@ impl IntoResponse for ApiError {
             message: &self.detail,
             code: self.code,
             errors: &self.errors,
+            extra: &self.extra,
         };
         let mut resp = (self.status, axum::Json(body)).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
@@ -118,6 +124,13 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Invalid { field, message } => Self::bad_request(&field, message),
             ServiceError::Gateway(g) => g.into(),
+            ServiceError::Precondition { message } => Self::new(StatusCode::CONFLICT, "PRECONDITION_FAILED", message),
+            ServiceError::StaleVersion { message, current_version, current_hash } => {
+                let mut err = Self::new(StatusCode::CONFLICT, "VERSION_MISMATCH", message);
+                err.extra.insert("current_version".into(), current_version.into());
+                err.extra.insert("current_hash".into(), current_hash.into());
+                err
+            }
             ServiceError::Local(l) => {
                 let (status, code) = match &l {
                     LocalError::ToolMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "LOCAL_TOOL_MISSING"),

@@ -4,18 +4,22 @@
 
 pub mod audit;
 mod certs;
+pub mod events;
 pub mod gateways;
 pub mod import;
 pub mod local;
+pub mod policy;
 
 use breakwater_domain::DomainError;
 use breakwater_gateway::GatewayError;
 use breakwater_store::StoreError;
 
 pub use audit::{AuditService, VerifyReport};
+pub use events::{Event, EventBus};
 pub use gateways::{ConnectionTest, GatewayInfoView, GatewayService, MonitorSettings, RegisterGateway};
 pub use import::{ImportProblem, ImportReport, default_openshell_config_dir};
 pub use local::{CreateLocalGateway, Diagnostics, LocalActionResult, LocalError, LocalGatewayManager, LocalTools};
+pub use policy::{PolicyService, PolicyView, WriteOutcome, WriteStatus};
 
 /// Who is acting, for authorization decisions and the audit trail.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +57,13 @@ pub enum ServiceError {
     Store(StoreError),
     #[error(transparent)]
     Local(#[from] local::LocalError),
+    /// The request cannot apply to the resource as it is now (e.g. a
+    /// section that cannot change on a running sandbox).
+    #[error("{message}")]
+    Precondition { message: String },
+    /// The caller's expected version is not the current one.
+    #[error("{message}")]
+    StaleVersion { message: String, current_version: u32, current_hash: String },
 }
 
 impl From<StoreError> for ServiceError {

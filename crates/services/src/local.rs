@@ -219,7 +219,7 @@ impl LocalGatewayManager {
         if d.user == "unknown"
             && let Some(user) = self.id(&["-un"]).await
         {
-            d.user = user.trim().to_owned();
+            user.trim().clone_into(&mut d.user);
         }
         match d.docker_error.as_deref() {
             Some("permission denied on the Docker socket") if !d.in_docker_group => d.advice.push(format!(

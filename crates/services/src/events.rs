@@ -1,0 +1,38 @@
+//! Internal events: what changed, for whoever listens (webhooks, live UI
+//! updates). Publishing never blocks and never fails: with no listener, or
+//! a listener too slow to keep up, events are dropped for that listener.
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// Something happened that others may want to react to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    PolicyUpdated { gateway: String, sandbox: String, version: u32, policy_hash: String },
+    ApprovalPending { gateway: String, sandbox: String, chunk_id: String },
+    ApprovalApproved { gateway: String, sandbox: String, chunk_id: String, actor: String },
+    ApprovalRejected { gateway: String, sandbox: String, chunk_id: String, actor: String },
+}
+
+/// A broadcast channel of [`Event`]s. Cheap to clone.
+#[derive(Clone)]
+pub struct EventBus(broadcast::Sender<Event>);
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self(broadcast::channel(1024).0)
+    }
+}
+
+impl EventBus {
+    pub fn publish(&self, event: Event) {
+        // No receivers is fine: nobody is listening yet.
+        let _ = self.0.send(event);
+    }
+
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.0.subscribe()
+    }
+}
