@@ -15,7 +15,7 @@ use breakwater_domain::registry::GatewayName;
 use breakwater_domain::sandbox::NewSandbox;
 use breakwater_domain::{Labels, SandboxName, Secret};
 use breakwater_gateway::Gateway;
-use breakwater_server::AppState;
+use breakwater_server::{AppState, HostGuard};
 use breakwater_services::{
     Actor, AuditService, GatewayService, LocalGatewayManager, LocalTools, MonitorSettings, RegisterGateway,
 };
@@ -66,7 +66,8 @@ struct ServerArgs {
     #[arg(long, short, env = "BREAKWATER_PORT", default_value_t = 8888)]
     port: u16,
     /// Where the SQLite database and the secret key file live
-    /// (default: the user's data directory, e.g. ~/.local/share/breakwater).
+    /// (default for serve: the user's data directory, e.g. ~/.local/share/breakwater;
+    /// for demo: a temporary directory removed on exit).
     #[arg(long, env = "BREAKWATER_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// PostgreSQL instead of the embedded SQLite: postgres://user@host/db.
@@ -91,6 +92,11 @@ struct ServerArgs {
     /// Delete audit entries older than this many days, once a day (0 keeps them forever).
     #[arg(long, env = "BREAKWATER_AUDIT_RETENTION_DAYS", default_value_t = 0)]
     audit_retention_days: u32,
+    /// A host name clients use to reach this server (repeatable). Requests
+    /// naming another Host are refused, which stops DNS-rebinding attacks.
+    /// Loopback names are always allowed on a loopback bind.
+    #[arg(long = "allowed-host", env = "BREAKWATER_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
 }
 
 impl ServerArgs {
@@ -111,6 +117,30 @@ impl ServerArgs {
             tools.openshell_config_dir = Some(dir.clone());
         }
         tools
+    }
+
+    fn host_guard(&self) -> HostGuard {
+        if self.bind.is_loopback() {
+            HostGuard::loopback(&self.allowed_hosts)
+        } else if self.allowed_hosts.is_empty() {
+            // Bound to a network address without names: any Host (say so in the log).
+            HostGuard::any()
+        } else {
+            let mut names = self.allowed_hosts.clone();
+            names.push(self.bind.to_string());
+            HostGuard::only(&names)
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.audit_retention_days > AuditService::MAX_RETENTION_DAYS {
+            bail!("--audit-retention-days must be at most {}", AuditService::MAX_RETENTION_DAYS);
+        }
+        if let Some(key) = &self.secret_key {
+            SecretCipher::from_base64(key).context("--secret-key / BREAKWATER_SECRET_KEY")?;
+        }
+        self.monitor()?;
+        Ok(())
     }
 
     fn monitor(&self) -> anyhow::Result<MonitorSettings> {
@@ -155,8 +185,28 @@ async fn main() {
 }
 
 fn redact_url(url: &str) -> String {
+    // Query parameters can carry a password too (…?password=x).
+    let (url, query) = match url.split_once('?') {
+        Some((base, q)) => {
+            let q: Vec<String> = q
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword") => {
+                        format!("{k}=REDACTED")
+                    }
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            (base, format!("?{}", q.join("&")))
+        }
+        None => (url, String::new()),
+    };
+    if !url.contains("://") {
+        // A key=value DSN: show nothing that could be a secret.
+        return "REDACTED (not a URL)".into();
+    }
     // postgres://user:password@host/db → postgres://user:REDACTED@host/db
-    match (url.find("://"), url.rfind('@')) {
+    let base = match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
             match creds.split_once(':') {
@@ -165,10 +215,12 @@ fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
-    }
+    };
+    format!("{base}{query}")
 }
 
 fn config_show(args: &ServerArgs) -> anyhow::Result<()> {
+    args.check()?;
     let data_dir = args.data_dir(None)?;
     let shown = serde_json::json!({
         "bind": args.bind.to_string(),
@@ -230,7 +282,18 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
         let _retention = audit.spawn_retention(args.audit_retention_days, Duration::from_secs(24 * 3600), stop.clone());
     }
     let local = LocalGatewayManager::new(gateways.clone(), args.local_tools());
-    let state = AppState { store, gateways, audit, local, monitor: monitor_settings, started: Instant::now() };
+    if !args.bind.is_loopback() && args.allowed_hosts.is_empty() {
+        tracing::warn!(bind = %args.bind, "listening beyond loopback without --allowed-host: any Host header is accepted");
+    }
+    let state = AppState {
+        store,
+        gateways,
+        audit,
+        local,
+        host_guard: args.host_guard(),
+        monitor: monitor_settings,
+        started: Instant::now(),
+    };
     Ok(Running { state, stop, monitor })
 }
 
@@ -248,15 +311,30 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn serve(args: ServerArgs, prepared: Option<Running>) -> anyhow::Result<()> {
-    let running = match prepared {
-        Some(r) => r,
-        None => start(&args, &args.data_dir(None)?).await?,
-    };
+/// Binds first, so a taken port fails before any database or key file is
+/// created.
+async fn listen(args: &ServerArgs) -> anyhow::Result<tokio::net::TcpListener> {
     let addr = SocketAddr::new(args.bind, args.port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (port in use? pass --port)"))?;
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => " (the port is in use: pass --port)",
+            std::io::ErrorKind::AddrNotAvailable => " (no interface has that address: check --bind)",
+            std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges: pass --port)",
+            _ => "",
+        };
+        anyhow::anyhow!("cannot listen on {addr}: {e}{hint}")
+    })
+}
+
+async fn serve(args: ServerArgs, prepared: Option<(Running, tokio::net::TcpListener)>) -> anyhow::Result<()> {
+    args.check()?;
+    let (running, listener) = if let Some(p) = prepared {
+        p
+    } else {
+        let listener = listen(&args).await?;
+        (start(&args, &args.data_dir(None)?).await?, listener)
+    };
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "breakwater listening");
     println!("Breakwater listening on http://{}", listener.local_addr()?);
     breakwater_server::serve(listener, running.state, shutdown_signal()).await?;
@@ -281,6 +359,8 @@ fn starter_policy() -> Policy {
 }
 
 async fn demo(args: ServerArgs) -> anyhow::Result<()> {
+    args.check()?;
+    let listener = listen(&args).await?;
     let temp = if args.data_dir.is_none() { Some(tempfile::tempdir()?) } else { None };
     let data_dir = args.data_dir(temp.as_ref())?;
     let pki = SimPki::mint(&[])?;
@@ -335,7 +415,23 @@ async fn demo(args: ServerArgs) -> anyhow::Result<()> {
     println!("sandboxes agent-1 and agent-2 created; the gateway drafts a policy proposal every 15 s");
     println!("data directory: {}{}", data_dir.display(), if temp.is_some() { " (temporary)" } else { "" });
     println!("try: curl http://{}:{}/api/gateway/list", args.bind, args.port);
-    let result = serve(args, Some(running)).await;
+    let result = serve(args, Some((running, listener))).await;
     sim.shutdown().await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn database_urls_never_show_passwords() {
+        assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:REDACTED@h/db");
+        assert_eq!(
+            redact_url("postgres://u:pw@h/db?password=qs&sslmode=require"),
+            "postgres://u:REDACTED@h/db?password=REDACTED&sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact_url("host=h password=pw"), "REDACTED (not a URL)");
+    }
 }

@@ -152,6 +152,9 @@ pub struct GatewayRecord {
     pub ca_cert: Option<String>,
     pub client_cert: Option<String>,
     pub client_key: Option<Secret>,
+    /// Sent as `authorization: Bearer …` on every call, when the gateway
+    /// wants one (OIDC-fronted gateways).
+    pub bearer_token: Option<Secret>,
     pub metadata: BTreeMap<String, serde_json::Value>,
     pub description: Option<String>,
     pub labels: BTreeMap<String, String>,
@@ -181,6 +184,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for FieldPatch<T> {
 
 /// A change to description and labels.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GatewayMetadataPatch {
     #[serde(default)]
     pub description: FieldPatch<String>,
@@ -230,12 +234,15 @@ pub struct AuditFilter {
     pub until: Option<DateTime<Utc>>,
 }
 
-/// The hash that chains an entry to its predecessor. Any change to any field
-/// of any entry changes every hash after it.
+/// The MAC that chains an entry to its predecessor: HMAC-SHA256 under a key
+/// derived from the server's secret key. Any change to any field of any
+/// entry changes every MAC after it, and without the key nobody with write
+/// access to the database can recompute a consistent chain.
 #[must_use]
-pub fn audit_hash(seq: i64, e: &NewAuditEntry, id: &str, at: DateTime<Utc>, prev_hash: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
+pub fn audit_hash(key: &[u8], seq: i64, e: &NewAuditEntry, id: &str, at: DateTime<Utc>, prev_hash: &str) -> String {
+    use hmac::{Hmac, Mac};
+    // HMAC takes keys of any length; this cannot fail.
+    let mut h = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
     for part in [
         seq.to_string().as_str(),
         id,
@@ -252,9 +259,9 @@ pub fn audit_hash(seq: i64, e: &NewAuditEntry, id: &str, at: DateTime<Utc>, prev
         prev_hash,
     ] {
         h.update(part.as_bytes());
-        h.update([0x1f]);
+        h.update(&[0x1f]);
     }
-    hex::encode(h.finalize())
+    hex::encode(h.finalize().into_bytes())
 }
 
 #[cfg(test)]
@@ -284,11 +291,12 @@ mod tests {
             detail: serde_json::json!({"b": 1, "a": 2}),
         };
         let at = Utc::now();
-        let h = audit_hash(1, &e, "id", at, "prev");
-        assert_eq!(h, audit_hash(1, &e, "id", at, "prev"));
-        assert_ne!(h, audit_hash(2, &e, "id", at, "prev"));
+        let h = audit_hash(b"k", 1, &e, "id", at, "prev");
+        assert_eq!(h, audit_hash(b"k", 1, &e, "id", at, "prev"));
+        assert_ne!(h, audit_hash(b"k", 2, &e, "id", at, "prev"));
+        assert_ne!(h, audit_hash(b"other key", 1, &e, "id", at, "prev"), "keyed");
         let mut changed = e.clone();
         changed.actor = "b".into();
-        assert_ne!(h, audit_hash(1, &changed, "id", at, "prev"));
+        assert_ne!(h, audit_hash(b"k", 1, &changed, "id", at, "prev"));
     }
 }

@@ -45,10 +45,10 @@ impl QueryPairs {
     pub fn u32(&self, key: &str, default: u32, max: u32) -> Result<u32, ApiError> {
         match self.get(key) {
             None | Some("") => Ok(default),
-            Some(raw) => raw
-                .parse::<u32>()
-                .map(|v| v.min(max))
-                .map_err(|_| ApiError::bad_request(key, format!("{key} must be a non-negative integer"))),
+            Some(raw) => match raw.parse::<u64>() {
+                Ok(v) => Ok(u32::try_from(v).unwrap_or(u32::MAX).min(max)),
+                Err(_) => Err(ApiError::bad_request(key, format!("{key} must be a non-negative integer"))),
+            },
         }
     }
 

@@ -45,6 +45,7 @@ pub struct GatewayResponse {
     has_ca_cert: bool,
     has_client_cert: bool,
     has_client_key: bool,
+    has_bearer_token: bool,
     metadata: BTreeMap<String, serde_json::Value>,
     runtime: Option<String>,
     status: &'static str,
@@ -78,6 +79,7 @@ impl From<GatewayRecord> for GatewayResponse {
             has_ca_cert: r.ca_cert.is_some(),
             has_client_cert: r.client_cert.is_some(),
             has_client_key: r.client_key.is_some(),
+            has_bearer_token: r.bearer_token.is_some(),
             metadata: r.metadata,
             status: r.health.status.as_str(),
             last_status,
@@ -110,16 +112,13 @@ async fn list(State(state): State<AppState>, q: QueryPairs) -> ApiResult<Json<Li
         pairs.push(format!("{k}={v}"));
     }
     let selector = LabelSelector::parse(&pairs.join(",")).map_err(|e| ApiError::bad_request("label", e.to_string()))?;
-    let limit = q.u32("limit", 100, 1000)?;
+    let limit = q.u32("limit", 100, 1000)?.max(1);
     let offset = q.u32("offset", 0, u32::MAX)?;
-    let (items, total) = state.gateways.list(&selector, limit.max(1), offset).await?;
-    // `runtime` lives in metadata, not labels: it narrows the page it is given.
-    let runtime = q.get("runtime").filter(|r| !r.is_empty());
-    let items = items
-        .into_iter()
-        .filter(|g| runtime.is_none_or(|r| g.metadata.get("runtime").and_then(|v| v.as_str()) == Some(r)))
-        .map(GatewayResponse::from)
-        .collect();
+    let (items, total) = match q.get("runtime").filter(|r| !r.is_empty()) {
+        Some(runtime) => state.gateways.list_by_runtime(&selector, runtime, limit, offset).await?,
+        None => state.gateways.list(&selector, limit, offset).await?,
+    };
+    let items = items.into_iter().map(GatewayResponse::from).collect();
     Ok(Json(ListResponse { items, total, limit, offset }))
 }
 
@@ -135,6 +134,7 @@ struct RegisterBody {
     ca_cert: Option<String>,
     client_cert: Option<String>,
     client_key: Option<String>,
+    bearer_token: Option<String>,
     #[serde(default)]
     metadata: BTreeMap<String, serde_json::Value>,
     description: Option<String>,
@@ -163,6 +163,7 @@ async fn register(
         ca_cert: body.ca_cert,
         client_cert: body.client_cert,
         client_key: body.client_key.map(Secret::new),
+        bearer_token: body.bearer_token.filter(|t| !t.is_empty()).map(Secret::new),
         metadata: body.metadata,
         description: body.description,
         labels: body.labels,

@@ -9,6 +9,7 @@ mod audit_routes;
 mod error;
 mod extract;
 mod gateway_routes;
+mod guard;
 mod local_routes;
 
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ use breakwater_store::Store;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 
 pub use error::{ApiError, ApiResult};
+pub use guard::HostGuard;
 
 /// Largest request body we read (PEM bundles are the biggest legitimate ones).
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -38,6 +40,7 @@ pub struct AppState {
     pub gateways: GatewayService,
     pub audit: AuditService,
     pub local: LocalGatewayManager,
+    pub host_guard: HostGuard,
     pub monitor: MonitorSettings,
     pub started: Instant,
 }
@@ -56,19 +59,38 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(problem_request_id))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
-/// Adds the request id to problem+json bodies, so a user can quote it.
+/// Logs each request under its id (so log lines and responses correlate),
+/// turns the framework's own plain-text errors into problem+json, and adds
+/// the request id to every problem body, so a user can quote it.
 async fn problem_request_id(req: Request<Body>, next: Next) -> Response {
+    use tracing::Instrument as _;
     let id = req.extensions().get::<RequestId>().and_then(|r| r.header_value().to_str().ok()).map(str::to_owned);
-    let resp = next.run(req).await;
-    let is_problem = resp
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    let Some(id) = id.filter(|_| is_problem) else { return resp };
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let span = tracing::info_span!("request", request_id = id.as_deref().unwrap_or("-"));
+    let started = Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| {
+        let status = resp.status().as_u16();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if status >= 500 {
+            tracing::warn!(%method, %path, status, ms, "request failed");
+        } else {
+            tracing::debug!(%method, %path, status, ms, "request");
+        }
+    });
+    let status = resp.status();
+    if (status.is_client_error() || status.is_server_error()) && !guard::is_problem(&resp) {
+        let (_, body) = resp.into_parts();
+        let text = axum::body::to_bytes(body, BODY_LIMIT).await.unwrap_or_default();
+        let detail = guard::detail_for(status, &String::from_utf8_lossy(&text));
+        resp = ApiError::new(status, guard::code_for(status), detail).into_response();
+    }
+    let Some(id) = id.filter(|_| guard::is_problem(&resp)) else { return resp };
     let (mut parts, body) = resp.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "error body too large").into_response();

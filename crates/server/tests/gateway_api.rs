@@ -36,7 +36,15 @@ async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools: Loc
     let stop = CancellationToken::new();
     let _monitor = gateways.spawn_monitor(monitor, stop.clone());
     let local = LocalGatewayManager::new(gateways.clone(), tools);
-    let state = AppState { store: store.store.clone(), gateways, audit, local, monitor, started: Instant::now() };
+    let state = AppState {
+        store: store.store.clone(),
+        gateways,
+        audit,
+        local,
+        host_guard: breakwater_server::HostGuard::loopback(&[]),
+        monitor,
+        started: Instant::now(),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let shutdown = stop.clone();
@@ -167,7 +175,15 @@ async fn bad_registrations_are_400_with_the_field() {
         (json!({"endpoint": "no-port"}), "endpoint"),
         (json!({"ca_cert": "not pem"}), "ca_cert"),
         (json!({"client_key": "garbage"}), "client_key"),
+        (json!({"client_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}), "client_key"),
+        // A real key, but not the certificate's.
+        (json!({"client_key": SimPki::mint(&[]).unwrap().client.unwrap().key_pem}), "client_key"),
         (json!({"auth_mode": "kerberos"}), "auth_mode"),
+        (json!({"name": "Diagnostics"}), "name"),
+        (json!({"endpoint": "http://127.0.0.1:1", "scheme": "https"}), "scheme"),
+        (json!({"endpoint": "http://127.0.0.1:1"}), "client_cert"),
+        (json!({"metadata": {"a": "x\u{0}y"}}), "metadata"),
+        (json!({"description": "nul\u{0}byte"}), "description"),
     ] {
         let mut body = register_body("x", &s, &json!({}));
         for (k, v) in patch.as_object().unwrap() {
@@ -323,7 +339,187 @@ async fn every_mutation_is_audited_once_and_tampering_shows() {
         let (_, verify) = app.get("/api/audit/verify").await;
         assert_eq!(verify["ok"], false, "{backend}");
         assert_eq!(verify["first_bad_seq"], 3, "{backend}: {verify}");
+        app.store.raw_execute("UPDATE audit_log SET actor = 'local-admin' WHERE seq = 3").await;
+        let (_, verify) = app.get("/api/audit/verify").await;
+        assert_eq!(verify["ok"], true, "{backend}: restored: {verify}");
+
+        // Deleting the newest entries shows too: the chain head remembers.
+        app.store.raw_execute("DELETE FROM audit_log WHERE seq >= 4").await;
+        let (_, verify) = app.get("/api/audit/verify").await;
+        assert_eq!(verify["ok"], false, "{backend}: {verify}");
+        assert_eq!(verify["first_bad_seq"], 4, "{backend}: {verify}");
+        assert!(verify["reason"].as_str().unwrap().contains("newest entries were deleted"), "{verify}");
+        app.store.raw_execute("DELETE FROM audit_log").await;
+        let (_, verify) = app.get("/api/audit/verify").await;
+        assert_eq!((verify["ok"].as_bool(), verify["first_bad_seq"].as_i64()), (Some(false), Some(1)), "{verify}");
     }
+}
+
+#[tokio::test]
+async fn the_chain_cannot_be_recomputed_without_the_server_key() {
+    let app = spawn_app(breakwater_store::testing::sqlite().await, Duration::from_secs(60)).await;
+    let s = sim().await;
+    app.post("/api/gateway/register", &register_body("gw", &s, &json!({}))).await;
+    app.patch("/api/gateway/gw", &json!({"description": "x"})).await;
+    // A forger with database access rewrites entry 1 and recomputes the
+    // chain with the public algorithm but without the server's key.
+    let (_, audit) = app.get("/api/audit").await;
+    let entries: Vec<breakwater_domain::registry::AuditEntry> =
+        serde_json::from_value(audit["entries"].clone()).unwrap();
+    let mut prev = "genesis".to_owned();
+    app.store.raw_execute("DROP TRIGGER audit_log_no_update").await;
+    for e in entries.iter().rev() {
+        let forged = breakwater_domain::registry::NewAuditEntry {
+            actor: "mallory".into(),
+            role: e.role.clone(),
+            client_ip: e.client_ip.clone(),
+            action: e.action.clone(),
+            resource_type: e.resource_type.clone(),
+            resource_id: e.resource_id.clone(),
+            gateway: e.gateway.clone(),
+            detail: e.detail.clone(),
+        };
+        let hash = breakwater_domain::registry::audit_hash(b"guessed key", e.seq, &forged, &e.id, e.at, &prev);
+        app.store
+            .raw_execute(&format!(
+                "UPDATE audit_log SET actor = 'mallory', prev_hash = '{prev}', hash = '{hash}' WHERE seq = {}",
+                e.seq
+            ))
+            .await;
+        prev = hash;
+    }
+    app.store.raw_execute(&format!("UPDATE audit_chain SET head_hash = '{prev}' WHERE id = 1")).await;
+    let (_, verify) = app.get("/api/audit/verify").await;
+    assert_eq!(verify["ok"], false, "{verify}");
+    assert_eq!(verify["first_bad_seq"], 1, "{verify}");
+}
+
+#[tokio::test]
+async fn browsers_on_other_origins_and_rebound_hosts_are_refused() {
+    let app = spawn_app(breakwater_store::testing::sqlite().await, Duration::from_secs(60)).await;
+    let r = app
+        .http
+        .post(format!("{}/api/gateway/import-filesystem", app.base))
+        .header("origin", "http://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("x=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "CROSS_ORIGIN_REFUSED");
+    // Same origin is fine (the UI will send one).
+    let same = app.base.clone();
+    let r = app
+        .http
+        .post(format!("{same}/api/audit/cleanup"))
+        .header("origin", &same)
+        .json(&json!({"older_than_days": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // DNS rebinding: the page's name points at us, the Host header gives it away.
+    let port = app.base.rsplit(':').next().unwrap().to_owned();
+    let r = app
+        .http
+        .get(format!("{}/api/gateway/list", app.base))
+        .header("host", format!("evil.example:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 421);
+    let r = app
+        .http
+        .get(format!("{}/api/gateway/list", app.base))
+        .header("host", format!("localhost:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn framework_errors_are_problem_json_too() {
+    let app = spawn_app(breakwater_store::testing::sqlite().await, Duration::from_secs(60)).await;
+    let url = format!("{}/api/gateway/register", app.base);
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (app.http.post(&url).header("content-type", "application/json").body("{not json"), 400, "BAD_REQUEST"),
+        (app.http.post(&url).body("{}"), 415, "UNSUPPORTED_MEDIA_TYPE"),
+        (app.http.post(&url).json(&json!({"name": "x"})), 422, "VALIDATION_ERROR"),
+        (app.http.post(&url).json(&json!({"name": "x", "endpoint": "a:1", "bogus": 1})), 422, "VALIDATION_ERROR"),
+        (app.http.get(&url), 405, "METHOD_NOT_ALLOWED"),
+        (
+            app.http.post(&url).header("content-type", "application/json").body(vec![b' '; 2 * 1024 * 1024]),
+            413,
+            "PAYLOAD_TOO_LARGE",
+        ),
+        (app.http.get(format!("{}/api/gateway/%FF/info", app.base)), 400, "BAD_REQUEST"),
+        (
+            app.http.patch(format!("{}/api/gateway/x", app.base)).json(&json!({"endpoint": "1.2.3.4:1"})),
+            422,
+            "VALIDATION_ERROR",
+        ),
+        (
+            app.http.post(format!("{}/api/audit/cleanup", app.base)).json(&json!({"older_than_days": 100_000_000})),
+            400,
+            "VALIDATION_ERROR",
+        ),
+    ];
+    for (req, status, code) in cases {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], code, "{body}");
+        assert_eq!(body["request_id"], id);
+        assert!(!body["detail"].as_str().unwrap().contains("RegisterBody"), "no Rust type names: {body}");
+    }
+    // An absurd request id is replaced, not echoed.
+    let r =
+        app.http.get(format!("{}/healthz", app.base)).header("x-request-id", "x".repeat(5000)).send().await.unwrap();
+    assert!(r.headers()["x-request-id"].len() <= 64);
+}
+
+#[tokio::test]
+async fn a_gateway_that_wants_a_bearer_token_is_not_shown_as_healthy_without_one() {
+    let app = spawn_app(breakwater_store::testing::sqlite().await, Duration::from_secs(60)).await;
+    let s = sim().await;
+    s.faults().require_bearer(Some("s3cret".into()));
+    let (status, body) = app.post("/api/gateway/register", &register_body("oidc", &s, &json!({}))).await;
+    assert_eq!(status, 201);
+    assert_eq!(body["status"], "error", "{body}");
+    assert_eq!(body["error_code"], "unauthenticated", "{body}");
+    let mut with_token = register_body("oidc2", &s, &json!({}));
+    with_token["bearer_token"] = json!("s3cret");
+    let (status, body) = app.post("/api/gateway/register", &with_token).await;
+    assert_eq!(status, 201);
+    assert_eq!(body["status"], "connected", "{body}");
+    assert_eq!(body["has_bearer_token"], true);
+    assert!(!body.to_string().contains("s3cret"), "never shown back");
+    assert_eq!(app.get("/api/gateway/oidc2/settings").await.0, 200);
+    let (_, audit) = app.get("/api/audit").await;
+    assert!(!audit.to_string().contains("s3cret"));
+}
+
+#[tokio::test]
+async fn the_runtime_filter_pages_and_counts_only_matches() {
+    let app = spawn_app(breakwater_store::testing::sqlite().await, Duration::from_secs(60)).await;
+    let s = sim().await;
+    for i in 0..3 {
+        let mut body = register_body(&format!("a{i}"), &s, &json!({}));
+        body["metadata"] = json!({"runtime": if i == 1 { "kubernetes" } else { "docker" }});
+        app.post("/api/gateway/register", &body).await;
+    }
+    let (_, page) = app.get("/api/gateway/list?runtime=kubernetes&limit=1").await;
+    assert_eq!(page["total"], 1);
+    assert_eq!(page["items"][0]["name"], "a1");
+    let (_, page) = app.get("/api/gateway/list?runtime=docker&limit=1&offset=1").await;
+    assert_eq!((page["total"].as_u64(), page["items"][0]["name"].as_str()), (Some(2), Some("a2")));
+    let (_, page) = app.get("/api/gateway/list?limit=0").await;
+    assert_eq!(page["limit"], 1, "the limit actually used");
 }
 
 #[tokio::test]

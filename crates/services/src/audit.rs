@@ -123,20 +123,43 @@ impl AuditService {
         .boxed()
     }
 
-    /// Recomputes the chain from the retention anchor and reports the first
-    /// entry that does not match.
+    /// Recomputes the chain from the retention anchor up to the stored head
+    /// and reports the first entry that does not match. Deleting the newest
+    /// entries shows too: the head remembers how far the chain went.
     pub async fn verify(&self) -> Result<VerifyReport> {
-        let (anchor_seq, anchor_hash) = self.store.audit_anchor().await?;
-        let mut prev_hash = anchor_hash;
-        let mut expected_seq = anchor_seq + 1;
+        // Entries appended while we walk are past this head and not checked.
+        let chain = self.store.audit_chain().await?;
+        let key = self.store.audit_key();
+        let mut prev_hash = chain.anchor_hash.clone();
+        let mut expected_seq = chain.anchor_seq + 1;
         let mut checked = 0u64;
-        let mut after = anchor_seq;
+        let mut after = chain.anchor_seq;
         loop {
             let page = self.store.audit_after(after, 1000).await?;
-            if page.is_empty() {
+            let done = page.is_empty() || page.first().is_some_and(|e| e.seq > chain.head_seq);
+            if done {
+                if expected_seq <= chain.head_seq {
+                    return Ok(VerifyReport {
+                        ok: false,
+                        checked,
+                        first_bad_seq: Some(expected_seq),
+                        reason: Some(format!(
+                            "entries {expected_seq} to {} are missing (the newest entries were deleted)",
+                            chain.head_seq
+                        )),
+                    });
+                }
+                if chain.head_seq > chain.anchor_seq && prev_hash != chain.head_hash {
+                    return Ok(VerifyReport {
+                        ok: false,
+                        checked,
+                        first_bad_seq: Some(chain.head_seq),
+                        reason: Some("the newest entry is not the one the chain head records".into()),
+                    });
+                }
                 return Ok(VerifyReport { ok: true, checked, first_bad_seq: None, reason: None });
             }
-            for e in &page {
+            for e in page.iter().take_while(|e| e.seq <= chain.head_seq) {
                 let bad = |reason: &str| VerifyReport {
                     ok: false,
                     checked,
@@ -159,8 +182,8 @@ impl AuditService {
                     gateway: e.gateway.clone(),
                     detail: e.detail.clone(),
                 };
-                if audit_hash(e.seq, &new, &e.id, e.at, &e.prev_hash) != e.hash {
-                    return Ok(bad("its content does not match its hash (edited after it was written)"));
+                if audit_hash(&key, e.seq, &new, &e.id, e.at, &e.prev_hash) != e.hash {
+                    return Ok(bad("its content does not match its MAC (edited after it was written)"));
                 }
                 prev_hash.clone_from(&e.hash);
                 expected_seq += 1;
@@ -170,8 +193,17 @@ impl AuditService {
         }
     }
 
+    /// Retention keeps at most this many days of history.
+    pub const MAX_RETENTION_DAYS: u32 = 36_500;
+
     /// Deletes entries older than `days` days; the chain stays verifiable.
     pub async fn cleanup(&self, actor: &Actor, days: u32) -> Result<u64> {
+        if days == 0 || days > Self::MAX_RETENTION_DAYS {
+            return Err(crate::ServiceError::Invalid {
+                field: "older_than_days".into(),
+                message: format!("must be 1 to {}", Self::MAX_RETENTION_DAYS),
+            });
+        }
         let cutoff: DateTime<Utc> = Utc::now() - chrono::Duration::days(i64::from(days));
         let deleted = self.store.delete_audit_before(cutoff).await?;
         self.log(

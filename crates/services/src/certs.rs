@@ -64,7 +64,16 @@ pub(crate) fn check_client(cert_pem: &str, key_pem: &str) -> Result<CertFacts> {
     if key_pem.len() > MAX_PEM_BYTES {
         return Err(invalid("client_key", "larger than 64 KiB"));
     }
-    PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|_| invalid("client_key", "not a PEM private key (PKCS#8, PKCS#1 or SEC1)"))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|_| invalid("client_key", "not a usable private key (RSA, ECDSA P-256/P-384 or Ed25519)"))?;
+    let cert = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .next()
+        .and_then(std::result::Result::ok)
+        .ok_or_else(|| invalid("client_cert", "no PEM certificate found"))?;
+    rustls::sign::CertifiedKey::new(vec![cert], signing)
+        .keys_match()
+        .map_err(|_| invalid("client_key", "this key does not belong to client_cert (their public keys differ)"))?;
     Ok(facts)
 }

@@ -43,6 +43,8 @@ pub struct RegisterGateway {
     pub ca_cert: Option<String>,
     pub client_cert: Option<String>,
     pub client_key: Option<Secret>,
+    /// For gateways behind OIDC: sent as `authorization: Bearer …`.
+    pub bearer_token: Option<Secret>,
     pub metadata: BTreeMap<String, serde_json::Value>,
     pub description: Option<String>,
     pub labels: BTreeMap<String, String>,
@@ -141,6 +143,27 @@ fn not_found(name: &GatewayName) -> ServiceError {
     ServiceError::NotFound { what: format!("gateway {name}") }
 }
 
+fn check_description(d: Option<&str>) -> Result<()> {
+    match d {
+        Some(d) if d.chars().count() > 1000 => Err(invalid("description", "at most 1000 characters")),
+        Some(d) if d.contains('\0') => Err(invalid("description", "may not contain NUL characters")),
+        _ => Ok(()),
+    }
+}
+
+/// Metadata is free-form but small, and text every database can store.
+fn check_metadata(m: &BTreeMap<String, serde_json::Value>) -> Result<()> {
+    let text = serde_json::to_string(m).unwrap_or_default();
+    if text.len() > 16 * 1024 {
+        return Err(invalid("metadata", "at most 16 KiB of JSON"));
+    }
+    // serde_json writes NUL as \u0000, which PostgreSQL's jsonb refuses.
+    if text.contains("\\u0000") {
+        return Err(invalid("metadata", "may not contain NUL characters"));
+    }
+    Ok(())
+}
+
 /// How to reach a registered gateway.
 fn connection_config(rec: &GatewayRecord, timeouts: Timeouts) -> Result<ConnectionConfig> {
     let address = GatewayAddress::parse(&rec.endpoint).map_err(|e| invalid("endpoint", e.to_string()))?;
@@ -162,7 +185,23 @@ fn connection_config(rec: &GatewayRecord, timeouts: Timeouts) -> Result<Connecti
             }
         }
     };
-    Ok(ConnectionConfig { address, transport, bearer_token: None, timeouts, retry: RetryPolicy::default() })
+    Ok(ConnectionConfig {
+        address,
+        transport,
+        bearer_token: rec.bearer_token.clone(),
+        timeouts,
+        retry: RetryPolicy::default(),
+    })
+}
+
+/// Health answers anyone; an authenticated call shows whether our
+/// credentials (client certificate, bearer token) are accepted. Only a
+/// refusal counts: a gateway without the call is still healthy.
+async fn check_credentials(client: &GrpcGateway) -> Result<(), GatewayError> {
+    match client.current_user().await {
+        Err(e @ (GatewayError::Unauthenticated { .. } | GatewayError::PermissionDenied { .. })) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 impl GatewayService {
@@ -230,11 +269,27 @@ impl GatewayService {
     /// that went. A failed connection does not fail the registration.
     pub async fn register(&self, actor: &Actor, input: RegisterGateway) -> Result<(GatewayRecord, ConnectionTest)> {
         let name = GatewayName::parse(&input.name)?;
-        if RESERVED_NAMES.contains(&name.as_str()) {
-            return Err(invalid("name", format!("{name:?} is reserved: /api/gateway/{name} is an API path")));
+        if RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(name.as_str())) {
+            return Err(invalid("name", format!("\"{name}\" is reserved: /api/gateway/{name} is an API path")));
+        }
+        if input.endpoint.len() > 300 {
+            return Err(invalid("endpoint", "at most 300 characters"));
         }
         let address = GatewayAddress::parse(&input.endpoint).map_err(|e| invalid("endpoint", e.to_string()))?;
-        let scheme = input.scheme.unwrap_or_else(|| "https".into());
+        // A scheme written into the endpoint must agree with `scheme`.
+        let url_scheme = input.endpoint.trim().split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        let implied = match url_scheme.as_deref() {
+            None => None,
+            Some("https" | "grpcs") => Some("https"),
+            Some("http" | "grpc") => Some("http"),
+            Some(other) => return Err(invalid("endpoint", format!("unknown scheme {other:?}; use host:port"))),
+        };
+        if let (Some(i), Some(s)) = (implied, input.scheme.as_deref())
+            && i != s
+        {
+            return Err(invalid("scheme", format!("the endpoint says {i}:// but scheme is {s}")));
+        }
+        let scheme = input.scheme.clone().or_else(|| implied.map(str::to_owned)).unwrap_or_else(|| "https".into());
         if scheme != "https" && scheme != "http" {
             return Err(invalid("scheme", "must be https or http"));
         }
@@ -250,14 +305,16 @@ impl GatewayService {
         if labels.len() > 20 {
             return Err(invalid("labels", "at most 20 labels"));
         }
-        if input.description.as_ref().is_some_and(|d| d.chars().count() > 1000) {
-            return Err(invalid("description", "at most 1000 characters"));
-        }
+        check_description(input.description.as_deref())?;
+        check_metadata(&input.metadata)?;
         let ca = input.ca_cert.as_deref().map(check_ca).transpose()?;
         let client = match (auth_mode, &input.client_cert, &input.client_key) {
             (AuthMode::Mtls, Some(cert), Some(key)) => Some(check_client(cert, key.expose())?),
             (AuthMode::Mtls, _, _) => {
                 return Err(invalid("client_cert", "auth_mode mtls needs client_cert and client_key (PEM)"));
+            }
+            (AuthMode::None, Some(_), _) | (AuthMode::None, _, Some(_)) => {
+                return Err(invalid("client_cert", "a plaintext (http) gateway takes no client certificate or key"));
             }
             (_, Some(_), _) | (_, _, Some(_)) => {
                 return Err(invalid("client_cert", "a client certificate is only used with auth_mode mtls"));
@@ -279,6 +336,7 @@ impl GatewayService {
                 ca_cert: input.ca_cert,
                 client_cert: input.client_cert,
                 client_key: input.client_key,
+                bearer_token: input.bearer_token,
                 metadata: input.metadata,
                 description: input.description,
                 labels,
@@ -333,6 +391,32 @@ impl GatewayService {
         Ok(self.0.store.list_gateways(selector, limit.clamp(1, 1000), offset).await?)
     }
 
+    /// As [`GatewayService::list`], also filtered by `metadata.runtime`; the
+    /// page and the total count only matching gateways.
+    pub async fn list_by_runtime(
+        &self,
+        selector: &LabelSelector,
+        runtime: &str,
+        limit: u32,
+        offset: u32,
+    ) -> Result<(Vec<GatewayRecord>, u64)> {
+        let mut matching = Vec::new();
+        let mut from = 0;
+        loop {
+            let (page, total) = self.0.store.list_gateways(selector, 1000, from).await?;
+            let n = u32::try_from(page.len()).unwrap_or(u32::MAX);
+            matching.extend(
+                page.into_iter().filter(|g| g.metadata.get("runtime").and_then(|v| v.as_str()) == Some(runtime)),
+            );
+            from += n;
+            if n == 0 || u64::from(from) >= total {
+                break;
+            }
+        }
+        let total = matching.len() as u64;
+        Ok((matching.into_iter().skip(offset as usize).take(limit.clamp(1, 1000) as usize).collect(), total))
+    }
+
     pub async fn update_metadata(
         &self,
         actor: &Actor,
@@ -345,10 +429,12 @@ impl GatewayService {
                 return Err(invalid("labels", "at most 20 labels"));
             }
         }
-        if let FieldPatch::Set(d) = &patch.description
-            && d.chars().count() > 1000
-        {
-            return Err(invalid("description", "at most 1000 characters"));
+        if let FieldPatch::Set(d) = &patch.description {
+            check_description(Some(d))?;
+        }
+        if patch == GatewayMetadataPatch::default() {
+            // Nothing to change: no write, no audit entry.
+            return self.get(name).await;
         }
         let record =
             self.0.store.update_gateway_metadata(name, &patch).await.map_err(|e| match ServiceError::from(e) {
@@ -468,6 +554,7 @@ impl GatewayService {
         let attempt = async {
             if let Some(client) = cached {
                 let health = client.health().await?;
+                check_credentials(&client).await?;
                 return Ok((client, health));
             }
             let mut timeouts = self.0.timeouts;
@@ -479,6 +566,7 @@ impl GatewayService {
             self.0.dials.fetch_add(1, Ordering::Relaxed);
             let client = GrpcGateway::connect(config).await?;
             let health = client.health().await?;
+            check_credentials(&client).await?;
             Ok::<_, GatewayError>((client, health))
         };
         let outcome = match tokio::time::timeout(deadline, attempt).await {

@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use breakwater_domain::registry::GatewayName;
-use breakwater_domain::{LabelSelector, PageRequest, ProviderName, SandboxName, WorkspaceName, sanitize};
+use breakwater_domain::{LabelSelector, PageRequest, WorkspaceName, sanitize};
 use breakwater_gateway::{Gateway, WorkspaceScope};
 use serde::Serialize;
 
@@ -437,15 +437,49 @@ impl LocalGatewayManager {
         Ok(Self::result(&name, "create", output, connected))
     }
 
-    /// Destroys a local gateway. Refuses while it still holds sandboxes or
-    /// providers unless `force`, in which case they are deleted first.
+    /// Destroys a local gateway with the OpenShell CLI and unregisters it.
+    ///
+    /// Only gateways the CLI manages on this machine (an entry in its config
+    /// directory) qualify: a remote gateway is unregistered, never destroyed.
+    /// While the gateway still holds sandboxes or providers the request is
+    /// refused unless `force`; nothing is deleted one by one, since the
+    /// gateway takes its sandboxes with it, and nothing at all is touched
+    /// before the checks pass.
     pub async fn destroy(&self, actor: &Actor, name: &GatewayName, force: bool) -> Result<LocalActionResult> {
+        let outcome = self.do_destroy(name, force).await;
+        let detail = serde_json::json!({"force": force});
+        let output = match outcome {
+            Ok(out) => self.audited(actor, "destroy", name, Ok(out), detail).await?,
+            // A CLI failure is an attempted change: audited. A refusal is not.
+            Err(ServiceError::Local(e)) => self.audited(actor, "destroy", name, Err(e), detail).await?,
+            Err(e) => return Err(e),
+        };
+        self.gateways.forget_connection(name);
+        if self.gateways.store().get_gateway(name).await?.is_some() {
+            // The destroy entry above records the whole change.
+            self.gateways.store().delete_gateway(name).await?;
+        }
+        Ok(Self::result(name, "destroy", output, None))
+    }
+
+    async fn do_destroy(&self, name: &GatewayName, force: bool) -> Result<String> {
         if self.which("openshell").is_none() {
             return Err(ServiceError::Local(LocalError::ToolMissing { tool: "openshell", hint: OPENSHELL_HINT }));
         }
-        let registered = self.gateways.store().get_gateway(name).await?.is_some();
-        let mut removed = (0usize, 0usize);
-        if registered {
+        let managed = self
+            .tools
+            .openshell_config_dir
+            .as_ref()
+            .is_some_and(|d| d.join("gateways").join(name.as_str()).join("metadata.json").is_file());
+        if !managed {
+            return Err(ServiceError::Precondition {
+                message: format!(
+                    "gateway {name} is not a local gateway of the OpenShell CLI on this machine (no entry in its \
+                     config directory); to stop managing a remote gateway, unregister it instead"
+                ),
+            });
+        }
+        if !force && self.gateways.store().get_gateway(name).await?.is_some() {
             let inventory = self
                 .gateways
                 .with_gateway(name, |gw| async move {
@@ -453,67 +487,31 @@ impl LocalGatewayManager {
                         .list_sandboxes(&WorkspaceScope::All, &LabelSelector::default(), &PageRequest::first(1000))
                         .await?;
                     let providers = gw.list_providers(&WorkspaceName::default(), &PageRequest::first(1000)).await?;
-                    Ok((sandboxes.items, providers.items))
+                    Ok((sandboxes.items.len(), providers.items.len()))
                 })
                 .await;
             match inventory {
-                Ok((sandboxes, providers)) if (!sandboxes.is_empty() || !providers.is_empty()) && !force => {
-                    return Err(ServiceError::Invalid {
-                        field: "force".into(),
+                Ok((0, 0)) => {}
+                Ok((sandboxes, providers)) => {
+                    return Err(ServiceError::Precondition {
                         message: format!(
-                            "gateway {name} still has {} sandbox(es) and {} provider(s); \
-                             pass force=true to delete them with it",
-                            sandboxes.len(),
-                            providers.len()
+                            "gateway {name} still has {sandboxes} sandbox(es) and {providers} provider(s); \
+                             pass force=true to destroy them with it"
                         ),
                     });
                 }
-                Ok((sandboxes, providers)) => {
-                    for s in sandboxes {
-                        let (Ok(ws), Ok(n)) = (WorkspaceName::parse(&s.workspace), SandboxName::parse(&s.name)) else {
-                            continue;
-                        };
-                        let deleted = self
-                            .gateways
-                            .with_gateway(name, |gw| async move { gw.delete_sandbox(&ws, &n, true).await });
-                        if deleted.await.is_ok() {
-                            removed.0 += 1;
-                        }
-                    }
-                    for p in providers {
-                        let Ok(n) = ProviderName::parse(&p.name) else { continue };
-                        let ws = WorkspaceName::default();
-                        let deleted = self
-                            .gateways
-                            .with_gateway(name, |gw| async move { gw.delete_provider(&ws, &n, true).await });
-                        if deleted.await.is_ok() {
-                            removed.1 += 1;
-                        }
-                    }
-                }
-                Err(e) if !force => {
-                    return Err(ServiceError::Invalid {
-                        field: "force".into(),
+                Err(e) => {
+                    return Err(ServiceError::Precondition {
                         message: format!(
                             "cannot list what gateway {name} still holds ({e}); pass force=true to destroy it anyway"
                         ),
                     });
                 }
-                Err(_) => {}
             }
         }
-        let outcome =
-            self.run_ok("openshell", &["gateway", "destroy", "--name", name.as_str()], self.tools.action_timeout).await;
-        let detail =
-            serde_json::json!({"force": force, "sandboxes_deleted": removed.0, "providers_deleted": removed.1});
-        let output = self.audited(actor, "destroy", name, outcome, detail).await?;
-        self.gateways.forget_connection(name);
-        if registered {
-            // The gateway is gone; so is its registration (no second audit
-            // entry: the destroy entry above records the whole change).
-            self.gateways.store().delete_gateway(name).await?;
-        }
-        Ok(Self::result(name, "destroy", output, None))
+        Ok(self
+            .run_ok("openshell", &["gateway", "destroy", "--name", name.as_str()], self.tools.action_timeout)
+            .await?)
     }
 
     /// The registered gateway on this machine using `port`, if any.

@@ -22,6 +22,7 @@ pub enum CipherError {
 #[derive(Clone)]
 pub struct SecretCipher {
     aead: XChaCha20Poly1305,
+    key: [u8; 32],
 }
 
 impl std::fmt::Debug for SecretCipher {
@@ -38,7 +39,17 @@ impl SecretCipher {
             .map_err(|e| CipherError::BadKey(e.to_string()))?;
         let key: [u8; 32] =
             bytes.try_into().map_err(|b: Vec<u8>| CipherError::BadKey(format!("got {} bytes", b.len())))?;
-        Ok(Self { aead: XChaCha20Poly1305::new(&key.into()) })
+        Ok(Self { aead: XChaCha20Poly1305::new(&key.into()), key })
+    }
+
+    /// A key for another purpose (`label`), derived so that it reveals
+    /// nothing about the encryption key: HMAC-SHA256(server key, label).
+    #[must_use]
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC accepts any key length");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     /// A fresh random key, base64-encoded.

@@ -38,6 +38,11 @@ pub enum StoreError {
     Database(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error(
+        "the secret key is not the one this database was created with: its stored secrets cannot be read; \
+         start with the original BREAKWATER_SECRET_KEY or key file"
+    )]
+    WrongKey,
     #[error(transparent)]
     Cipher(#[from] CipherError),
 }
@@ -68,9 +73,20 @@ pub struct NewGateway {
     pub ca_cert: Option<String>,
     pub client_cert: Option<String>,
     pub client_key: Option<Secret>,
+    pub bearer_token: Option<Secret>,
     pub metadata: BTreeMap<String, serde_json::Value>,
     pub description: Option<String>,
     pub labels: BTreeMap<String, String>,
+}
+
+/// Where the audit chain stands: the anchor left by retention and the head
+/// (the newest entry's sequence number and MAC).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditChain {
+    pub anchor_seq: i64,
+    pub anchor_hash: String,
+    pub head_seq: i64,
+    pub head_hash: String,
 }
 
 /// The persistence operations Breakwater needs. Every implementation encrypts
@@ -100,7 +116,10 @@ pub trait Store: Send + Sync {
     /// Oldest first, entries with `seq > after`, at most `limit`.
     async fn audit_after(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>>;
     /// (anchor seq, anchor hash): where verification starts after retention.
-    async fn audit_anchor(&self) -> Result<(i64, String)>;
+    async fn audit_chain(&self) -> Result<AuditChain>;
+    /// The key the audit chain's MACs are computed with (derived from the
+    /// server key).
+    fn audit_key(&self) -> [u8; 32];
     /// Deletes entries older than `cutoff`, moving the anchor to the newest
     /// deleted one so the rest of the chain still verifies.
     async fn delete_audit_before(&self, cutoff: DateTime<Utc>) -> Result<u64>;
@@ -150,12 +169,13 @@ macro_rules! impl_store {
 
             async fn insert_gateway(&self, g: &NewGateway) -> Result<GatewayRecord> {
                 let key = g.client_key.as_ref().map(|k| self.cipher.encrypt(k.expose().as_bytes())).transpose()?;
+                let token = g.bearer_token.as_ref().map(|k| self.cipher.encrypt(k.expose().as_bytes())).transpose()?;
                 let at = now();
                 let mut tx = self.pool.begin().await?;
                 let inserted = sqlx::query(
                     "INSERT INTO gateways (name, endpoint, scheme, auth_mode, skip_server_verification, ca_cert, \
-                     client_cert, client_key_enc, metadata, description, registered_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+                     client_cert, client_key_enc, metadata, description, registered_at, updated_at, bearer_token_enc) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
                 )
                 .bind(g.name.as_str())
                 .bind(&g.endpoint)
@@ -168,6 +188,7 @@ macro_rules! impl_store {
                 .bind(Json(&g.metadata))
                 .bind(&g.description)
                 .bind(at)
+                .bind(token)
                 .execute(&mut *tx)
                 .await;
                 match inserted {
@@ -307,7 +328,7 @@ macro_rules! impl_store {
                 let prev_hash: String = head.try_get("head_hash")?;
                 let id = uuid::Uuid::new_v4().to_string();
                 let at = now();
-                let hash = audit_hash(seq, e, &id, at, &prev_hash);
+                let hash = audit_hash(&self.audit_key(), seq, e, &id, at, &prev_hash);
                 sqlx::query(
                     "INSERT INTO audit_log (seq, id, at, actor, role, client_ip, action, resource_type, resource_id, \
                      gateway, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
@@ -384,11 +405,20 @@ macro_rules! impl_store {
                 rows.iter().map(audit_from_row).collect()
             }
 
-            async fn audit_anchor(&self) -> Result<(i64, String)> {
-                let row = sqlx::query("SELECT anchor_seq, anchor_hash FROM audit_chain WHERE id = 1")
+            async fn audit_chain(&self) -> Result<AuditChain> {
+                let row = sqlx::query("SELECT seq, head_hash, anchor_seq, anchor_hash FROM audit_chain WHERE id = 1")
                     .fetch_one(&self.pool)
                     .await?;
-                Ok((row.try_get("anchor_seq")?, row.try_get("anchor_hash")?))
+                Ok(AuditChain {
+                    anchor_seq: row.try_get("anchor_seq")?,
+                    anchor_hash: row.try_get("anchor_hash")?,
+                    head_seq: row.try_get("seq")?,
+                    head_hash: row.try_get("head_hash")?,
+                })
+            }
+
+            fn audit_key(&self) -> [u8; 32] {
+                self.cipher.derive("breakwater audit chain v1")
             }
 
             async fn delete_audit_before(&self, cutoff: DateTime<Utc>) -> Result<u64> {
@@ -413,6 +443,27 @@ macro_rules! impl_store {
         }
 
         impl $store {
+            /// Refuses a server key other than the one this database's
+            /// secrets were sealed with, before anything fails obscurely.
+            async fn check_key(&self) -> Result<()> {
+                let mine = hex::encode(self.cipher.derive("breakwater key check v1"));
+                let stored: Option<String> =
+                    sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'key_check'")
+                        .fetch_optional(&self.pool)
+                        .await?;
+                match stored {
+                    Some(s) if s == mine => Ok(()),
+                    Some(_) => Err(StoreError::WrongKey),
+                    None => {
+                        sqlx::query("INSERT INTO store_meta (key, value) VALUES ('key_check', $1) ON CONFLICT (key) DO NOTHING")
+                            .bind(&mine)
+                            .execute(&self.pool)
+                            .await?;
+                        Ok(())
+                    }
+                }
+            }
+
             async fn labels_of(&self, names: &[String]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
                 let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
                 if names.is_empty() {
@@ -443,6 +494,13 @@ macro_rules! impl_store {
                     .map(|bytes| String::from_utf8(bytes).map(Secret::new))
                     .transpose()
                     .map_err(|_| StoreError::Corrupt("client key is not UTF-8".into()))?;
+                let token: Option<Vec<u8>> = row.try_get("bearer_token_enc")?;
+                let bearer_token = token
+                    .map(|k| self.cipher.decrypt(&k))
+                    .transpose()?
+                    .map(|bytes| String::from_utf8(bytes).map(Secret::new))
+                    .transpose()
+                    .map_err(|_| StoreError::Corrupt("bearer token is not UTF-8".into()))?;
                 let Json(metadata): Json<BTreeMap<String, serde_json::Value>> = row.try_get("metadata")?;
                 let auth: String = row.try_get("auth_mode")?;
                 let status: String = row.try_get("status")?;
@@ -456,6 +514,7 @@ macro_rules! impl_store {
                     ca_cert: row.try_get("ca_cert")?,
                     client_cert: row.try_get("client_cert")?,
                     client_key,
+                    bearer_token,
                     metadata,
                     description: row.try_get("description")?,
                     health: GatewayHealth {
@@ -475,11 +534,11 @@ macro_rules! impl_store {
 }
 
 const GATEWAY_SELECT: &str = "SELECT name, endpoint, scheme, auth_mode, skip_server_verification, ca_cert, client_cert, \
-     client_key_enc, metadata, description, status, error_code, error, version, checked_at, last_seen, registered_at, \
-     updated_at FROM gateways";
+     client_key_enc, bearer_token_enc, metadata, description, status, error_code, error, version, checked_at, last_seen, \
+     registered_at, updated_at FROM gateways";
 const GATEWAY_SELECT_ONE: &str = "SELECT name, endpoint, scheme, auth_mode, skip_server_verification, ca_cert, \
-     client_cert, client_key_enc, metadata, description, status, error_code, error, version, checked_at, last_seen, \
-     registered_at, updated_at FROM gateways WHERE name = $1";
+     client_cert, client_key_enc, bearer_token_enc, metadata, description, status, error_code, error, version, \
+     checked_at, last_seen, registered_at, updated_at FROM gateways WHERE name = $1";
 const AUDIT_SELECT: &str = "SELECT seq, id, at, actor, role, client_ip, action, resource_type, resource_id, gateway, \
      detail, prev_hash, hash FROM audit_log";
 
@@ -534,7 +593,9 @@ impl SqliteStore {
         })
         .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await.map_err(|e| StoreError::Database(e.to_string()))?;
-        Ok(Self { pool, cipher })
+        let store = Self { pool, cipher };
+        store.check_key().await?;
+        Ok(store)
     }
 }
 
@@ -568,7 +629,9 @@ impl PgStore {
         })
         .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(|e| StoreError::Database(e.to_string()))?;
-        Ok(Self { pool, cipher })
+        let store = Self { pool, cipher };
+        store.check_key().await?;
+        Ok(store)
     }
 }
 

@@ -7,7 +7,7 @@ use breakwater_domain::registry::{
 };
 use breakwater_domain::{LabelSelector, Secret};
 use breakwater_store::testing::both;
-use breakwater_store::{NewGateway, StoreError};
+use breakwater_store::{NewGateway, PgStore, SecretCipher, SqliteStore, Store, StoreError};
 
 fn gw(name: &str, labels: &[(&str, &str)]) -> NewGateway {
     NewGateway {
@@ -19,6 +19,7 @@ fn gw(name: &str, labels: &[(&str, &str)]) -> NewGateway {
         ca_cert: Some("-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n".into()),
         client_cert: Some("cert".into()),
         client_key: Some(Secret::new("-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n")),
+        bearer_token: Some(Secret::new("token-sekrit")),
         metadata: [("runtime".to_owned(), serde_json::json!("docker"))].into_iter().collect(),
         description: Some("test".into()),
         labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
@@ -48,6 +49,8 @@ async fn gateways_round_trip_with_the_key_decrypted() {
             created.client_key.as_ref().unwrap().expose(),
             "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n"
         );
+        assert_eq!(created.bearer_token.as_ref().unwrap().expose(), "token-sekrit");
+        assert!(!t.dump_text().await.contains("token-sekrit"), "{}: the token is sealed", t.backend);
         assert_eq!(created.labels["env"], "prod");
         assert_eq!(created.metadata["runtime"], "docker");
         assert_eq!(created.health.status, GatewayStatus::Unknown);
@@ -178,8 +181,40 @@ async fn retention_moves_the_anchor() {
         let second = s.append_audit(&entry("b", "x")).await.unwrap();
         let cutoff = chrono::Utc::now() + chrono::Duration::seconds(1);
         assert_eq!(s.delete_audit_before(cutoff).await.unwrap(), 2, "{}", t.backend);
-        assert_eq!(s.audit_anchor().await.unwrap(), (2, second.hash.clone()));
+        let chain = s.audit_chain().await.unwrap();
+        assert_eq!((chain.anchor_seq, chain.anchor_hash.clone()), (2, second.hash.clone()));
+        assert_eq!((chain.head_seq, chain.head_hash), (2, second.hash.clone()));
         let third = s.append_audit(&entry("c", "x")).await.unwrap();
         assert_eq!(third.prev_hash, second.hash, "the chain continues from the deleted head");
     }
+}
+
+#[tokio::test]
+async fn a_different_server_key_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.db");
+    let key = SecretCipher::generate_key();
+    let store = SqliteStore::open(&path, SecretCipher::from_base64(&key).unwrap()).await.unwrap();
+    store.insert_gateway(&gw("alpha", &[])).await.unwrap();
+    drop(store);
+    let other = SecretCipher::from_base64(&SecretCipher::generate_key()).unwrap();
+    let err = SqliteStore::open(&path, other).await.err().expect("refused");
+    assert!(matches!(err, StoreError::WrongKey), "{err:?}");
+    assert!(err.to_string().contains("BREAKWATER_SECRET_KEY"), "{err}");
+    SqliteStore::open(&path, SecretCipher::from_base64(&key).unwrap()).await.expect("the right key still opens it");
+
+    // PostgreSQL: the same check, in a schema of its own.
+    let (pg, schema) = breakwater_store::testing::postgres_with_schema().await;
+    drop(pg);
+    let options: sqlx::postgres::PgConnectOptions = breakwater_store::testing::postgres_url().parse().unwrap();
+    let options = options.options([("search_path", schema.as_str())]);
+    let err = PgStore::connect_with(
+        options,
+        SecretCipher::from_base64(&SecretCipher::generate_key()).unwrap(),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(matches!(err, StoreError::WrongKey), "{err:?}");
 }
