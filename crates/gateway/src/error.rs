@@ -38,7 +38,7 @@ pub enum GatewayError {
     #[error("gateway unreachable: {message}")]
     Unreachable { message: String },
     #[error(
-        "gateway certificate is not trusted by the configured CA ({message}); if the gateway was re-created, import its new CA bundle"
+        "gateway certificate is not trusted by the configured CA ({message}); if the gateway was re-created, unregister it and register or import it again with its new CA bundle"
     )]
     TlsUntrusted { message: String },
     #[error("{}", describe_certificate(*problem, message))]

@@ -203,7 +203,7 @@ async fn main() -> BoxResult<()> {
         holes.push(blackhole().await?);
     }
     // Spread the black holes evenly through the (name-ordered) sweep.
-    let every = if n_black == 0 { usize::MAX } else { opts.gateways / n_black };
+    let every = opts.gateways.checked_div(n_black).unwrap_or(usize::MAX);
     let endpoint_of = |i: usize| -> (String, bool) {
         if i % every == every - 1 && i / every < n_black {
             (holes[(i / every) % holes.len()].clone(), true)

@@ -65,7 +65,7 @@ async fn g02_a_gateway_recreated_with_a_new_ca_is_reported_as_untrusted() {
     assert_eq!(test.error_code.as_deref(), Some("tls_untrusted"));
     let message = test.error.unwrap();
     assert!(message.contains("not trusted by the configured CA"), "{message}");
-    assert!(message.contains("import its new CA bundle"), "{message}");
+    assert!(message.contains("again with its new CA bundle"), "{message}");
 
     svc.sweep(MonitorSettings::default()).await.unwrap();
     let rec = svc.get(&name("gw")).await.unwrap();
