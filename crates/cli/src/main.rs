@@ -17,7 +17,8 @@ use breakwater_domain::{Labels, SandboxName, Secret};
 use breakwater_gateway::Gateway;
 use breakwater_server::{AppState, HostGuard};
 use breakwater_services::{
-    Actor, AuditService, GatewayService, LocalGatewayManager, LocalTools, MonitorSettings, RegisterGateway,
+    Actor, AuditService, EventBus, GatewayService, LocalGatewayManager, LocalTools, MonitorSettings, PolicyService,
+    RegisterGateway,
 };
 use breakwater_store::{PgStore, SecretCipher, SqliteStore, Store};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -97,6 +98,10 @@ struct ServerArgs {
     /// Loopback names are always allowed on a loopback bind.
     #[arg(long = "allowed-host", env = "BREAKWATER_ALLOWED_HOSTS", value_delimiter = ',')]
     allowed_hosts: Vec<String>,
+    /// A directory of site-specific policy presets (`*.yaml`, same format as
+    /// the built-in ones; a file named like a built-in replaces it).
+    #[arg(long, env = "BREAKWATER_PRESETS_DIR")]
+    presets_dir: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -282,6 +287,9 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
         let _retention = audit.spawn_retention(args.audit_retention_days, Duration::from_secs(24 * 3600), stop.clone());
     }
     let local = LocalGatewayManager::new(gateways.clone(), args.local_tools());
+    let presets =
+        breakwater_services::policy::load_presets(args.presets_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let policies = PolicyService::new(gateways.clone(), EventBus::default(), presets);
     if !args.bind.is_loopback() && args.allowed_hosts.is_empty() {
         tracing::warn!(bind = %args.bind, "listening beyond loopback without --allowed-host: any Host header is accepted");
     }
@@ -290,6 +298,7 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
         gateways,
         audit,
         local,
+        policies,
         host_guard: args.host_guard(),
         monitor: monitor_settings,
         started: Instant::now(),

@@ -125,8 +125,11 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid { field, message } => Self::bad_request(&field, message),
             ServiceError::Gateway(g) => g.into(),
             ServiceError::Precondition { message } => Self::new(StatusCode::CONFLICT, "PRECONDITION_FAILED", message),
-            ServiceError::StaleVersion { message, current_version, current_hash } => {
+            ServiceError::StaleVersion { message, expected, current_version, current_hash } => {
                 let mut err = Self::new(StatusCode::CONFLICT, "VERSION_MISMATCH", message);
+                // ShoreGuard's `policy apply` clients read `current_hash` and
+                // `expected_version`; `status` stays the HTTP status (RFC 9457).
+                err.extra.insert("expected_version".into(), expected.into());
                 err.extra.insert("current_version".into(), current_version.into());
                 err.extra.insert("current_hash".into(), current_hash.into());
                 err

@@ -11,6 +11,7 @@ mod extract;
 mod gateway_routes;
 mod guard;
 mod local_routes;
+mod policy_routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use breakwater_services::{AuditService, GatewayService, LocalGatewayManager, MonitorSettings};
+use breakwater_services::{AuditService, GatewayService, LocalGatewayManager, MonitorSettings, PolicyService};
 use breakwater_store::Store;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 
@@ -40,6 +41,7 @@ pub struct AppState {
     pub gateways: GatewayService,
     pub audit: AuditService,
     pub local: LocalGatewayManager,
+    pub policies: PolicyService,
     pub host_guard: HostGuard,
     pub monitor: MonitorSettings,
     pub started: Instant,
@@ -54,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(version))
         .merge(gateway_routes::routes())
         .merge(local_routes::routes())
+        .merge(policy_routes::routes())
         .merge(audit_routes::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .layer(axum::middleware::from_fn(problem_request_id))

@@ -63,7 +63,7 @@ pub enum ServiceError {
     Precondition { message: String },
     /// The caller's expected version is not the current one.
     #[error("{message}")]
-    StaleVersion { message: String, current_version: u32, current_hash: String },
+    StaleVersion { message: String, expected: String, current_version: u32, current_hash: String },
 }
 
 impl From<StoreError> for ServiceError {

@@ -606,17 +606,26 @@ impl PolicyService {
         .await
     }
 
+    /// Changes the given process fields (absent ones are kept) and the
+    /// landlock compatibility. Only a sandbox still provisioning accepts it.
     pub async fn update_process(
         &self,
         actor: &Actor,
         gw: &GatewayName,
         sandbox: &SandboxName,
-        process: ProcessPolicy,
+        run_as_user: Option<String>,
+        run_as_group: Option<String>,
         landlock_compatibility: Option<String>,
     ) -> Result<WriteOutcome> {
         self.write(actor, gw, sandbox, "policy.process.update", false, |p| {
             let mut next = p.clone();
-            next.process = Some(process.clone());
+            let process = next.process.get_or_insert_with(ProcessPolicy::default);
+            if let Some(u) = &run_as_user {
+                process.run_as_user.clone_from(u);
+            }
+            if let Some(g) = &run_as_group {
+                process.run_as_group.clone_from(g);
+            }
             if let Some(c) = &landlock_compatibility {
                 next.landlock = Some(LandlockPolicy { compatibility: c.clone() });
             }
@@ -639,12 +648,16 @@ impl PolicyService {
         dry_run: bool,
         expected: Option<&str>,
     ) -> Result<WriteOutcome> {
-        let doc = parse_document(yaml)?;
-        if let Some(expected) = expected.filter(|e| !e.is_empty()) {
+        let (doc, doc_hash) = parse_document(yaml)?;
+        // An exported document carries the hash it was exported at: applying
+        // it is guarded by that etag unless the caller gives another.
+        let expected = expected.filter(|e| !e.is_empty()).or(doc_hash.as_deref());
+        if let Some(expected) = expected {
             let current = self.current(gw, sandbox).await?;
             let matches = expected.parse::<u32>().map_or(expected == current.policy_hash, |v| v == current.version);
             if !matches {
                 return Err(ServiceError::StaleVersion {
+                    expected: expected.to_owned(),
                     message: format!(
                         "the policy is at version {} (hash {}), not {expected}; export it again and re-apply your change",
                         current.version, current.policy_hash
@@ -681,13 +694,12 @@ impl PolicyService {
     }
 }
 
-/// An export document (`metadata` + `policy`) or a bare policy.
-fn parse_document(yaml: &str) -> Result<Policy> {
+/// An export document (`metadata` + `policy`, with the exported hash) or a
+/// bare policy.
+fn parse_document(yaml: &str) -> Result<(Policy, Option<String>)> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Doc {
-        // Read so that a document with metadata parses; the values are ours.
-        #[allow(dead_code)]
         metadata: Option<serde_json::Value>,
         policy: Policy,
     }
@@ -702,7 +714,13 @@ fn parse_document(yaml: &str) -> Result<Policy> {
         o.alias_limits.max_alias_expansions_per_anchor = 100;
         let doc: Doc = serde_saphyr::from_str_with_options(yaml, o)
             .map_err(|e| bad(breakwater_domain::sanitize(&e.to_string(), 500)))?;
-        return Ok(doc.policy);
+        let hash = doc
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("policy_hash"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned);
+        return Ok((doc.policy, hash));
     }
-    Policy::from_yaml(yaml).map_err(|e| bad(e.to_string()))
+    Ok((Policy::from_yaml(yaml).map_err(|e| bad(e.to_string()))?, None))
 }
