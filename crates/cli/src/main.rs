@@ -17,8 +17,8 @@ use breakwater_domain::{Labels, SandboxName, Secret};
 use breakwater_gateway::Gateway;
 use breakwater_server::{AppState, HostGuard};
 use breakwater_services::{
-    Actor, AuditService, EventBus, GatewayService, LocalGatewayManager, LocalTools, MonitorSettings, PolicyService,
-    RegisterGateway,
+    Actor, ApprovalService, AuditService, EventBus, GatewayService, LocalGatewayManager, LocalTools, MonitorSettings,
+    PolicyService, RegisterGateway,
 };
 use breakwater_store::{PgStore, SecretCipher, SqliteStore, Store};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -289,7 +289,9 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
     let local = LocalGatewayManager::new(gateways.clone(), args.local_tools());
     let presets =
         breakwater_services::policy::load_presets(args.presets_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let policies = PolicyService::new(gateways.clone(), EventBus::default(), presets);
+    let events = EventBus::default();
+    let policies = PolicyService::new(gateways.clone(), events.clone(), presets);
+    let approvals = ApprovalService::new(gateways.clone(), policies.clone(), events);
     if !args.bind.is_loopback() && args.allowed_hosts.is_empty() {
         tracing::warn!(bind = %args.bind, "listening beyond loopback without --allowed-host: any Host header is accepted");
     }
@@ -299,6 +301,7 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
         audit,
         local,
         policies,
+        approvals,
         host_guard: args.host_guard(),
         monitor: monitor_settings,
         started: Instant::now(),

@@ -76,3 +76,103 @@ pub struct DraftHistoryEntry {
     pub description: String,
     pub chunk_id: String,
 }
+
+/// A sandbox's policy frozen at one version: while active, policy writes and
+/// approvals are refused (423) with who pinned it and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyPin {
+    pub gateway: String,
+    pub sandbox: String,
+    pub version: u32,
+    pub pinned_by: String,
+    pub reason: Option<String>,
+    pub pinned_at: DateTime<Utc>,
+    /// After this instant the pin no longer applies (checked on read, so no
+    /// scheduler is needed).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl PolicyPin {
+    #[must_use]
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_none_or(|t| t > now)
+    }
+
+    /// What a refused writer is told.
+    #[must_use]
+    pub fn refusal(&self) -> String {
+        let why = self.reason.as_deref().map_or_else(String::new, |r| format!(" ({r})"));
+        let until = self.expires_at.map_or_else(String::new, |t| format!(" until {}", t.to_rfc3339()));
+        format!(
+            "the policy of {}/{} is pinned at version {} by {}{why}{until}; unpin it to change the policy",
+            self.gateway, self.sandbox, self.version, self.pinned_by
+        )
+    }
+}
+
+/// How many people must agree before a chunk is approved upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalWorkflow {
+    pub gateway: String,
+    pub sandbox: String,
+    /// 1 to 20.
+    pub required_approvals: u32,
+    /// Roles whose votes count; empty means any role that may approve.
+    pub required_roles: Vec<String>,
+    /// Votes must come from different people.
+    pub distinct_actors: bool,
+    /// Pending longer than this raises an escalation event.
+    pub escalation_timeout_minutes: Option<u32>,
+    pub updated_by: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One person's decision on one chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Approve,
+    Reject,
+}
+
+impl Decision {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Reject => "reject",
+        }
+    }
+
+    #[must_use]
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "approve" => Some(Self::Approve),
+            "reject" => Some(Self::Reject),
+            _ => None,
+        }
+    }
+}
+
+/// A recorded vote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    pub chunk_id: String,
+    pub actor: String,
+    pub role: String,
+    pub decision: Decision,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// A human action taken through Breakwater on a chunk, kept so the
+/// gateway's history can be attributed (anything without one was the
+/// gateway's own doing).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkAction {
+    pub chunk_id: String,
+    /// `approved`, `rejected`, `undone`, `edited`, `cleared`.
+    pub action: String,
+    pub actor: String,
+    pub at: DateTime<Utc>,
+}

@@ -125,6 +125,16 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid { field, message } => Self::bad_request(&field, message),
             ServiceError::Gateway(g) => g.into(),
             ServiceError::Precondition { message } => Self::new(StatusCode::CONFLICT, "PRECONDITION_FAILED", message),
+            ServiceError::Locked { pin } => {
+                let mut err = Self::new(StatusCode::LOCKED, "POLICY_PINNED", pin.refusal());
+                err.extra.insert("pinned_by".into(), pin.pinned_by.clone().into());
+                err.extra.insert("pinned_version".into(), pin.version.into());
+                err.extra.insert("reason".into(), pin.reason.clone().into());
+                err.extra.insert("expires_at".into(), serde_json::json!(pin.expires_at));
+                err
+            }
+            ServiceError::Timeout { message } => Self::new(StatusCode::GATEWAY_TIMEOUT, "TIMEOUT", message),
+            ServiceError::Forbidden { message } => Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", message),
             ServiceError::StaleVersion { message, expected, current_version, current_hash } => {
                 let mut err = Self::new(StatusCode::CONFLICT, "VERSION_MISMATCH", message);
                 // ShoreGuard's `policy apply` clients read `current_hash` and

@@ -5,6 +5,7 @@
 //! Business rules live in `breakwater-services`.
 #![forbid(unsafe_code)]
 
+mod approval_routes;
 mod audit_routes;
 mod error;
 mod extract;
@@ -24,7 +25,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use breakwater_services::{AuditService, GatewayService, LocalGatewayManager, MonitorSettings, PolicyService};
+use breakwater_services::{
+    ApprovalService, AuditService, GatewayService, LocalGatewayManager, MonitorSettings, PolicyService,
+};
 use breakwater_store::Store;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 
@@ -42,6 +45,7 @@ pub struct AppState {
     pub audit: AuditService,
     pub local: LocalGatewayManager,
     pub policies: PolicyService,
+    pub approvals: ApprovalService,
     pub host_guard: HostGuard,
     pub monitor: MonitorSettings,
     pub started: Instant,
@@ -57,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .merge(gateway_routes::routes())
         .merge(local_routes::routes())
         .merge(policy_routes::routes())
+        .merge(approval_routes::routes())
         .merge(audit_routes::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .layer(axum::middleware::from_fn(problem_request_id))

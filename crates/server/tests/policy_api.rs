@@ -4,63 +4,8 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{TestApp, register_body, sim, spawn_app};
-use openshell_sim::Sim;
+use common::{P, TestApp, setup};
 use serde_json::{Value, json};
-
-const P: &str = "/api/gateways/gw/sandboxes/agent-1/policy";
-
-async fn setup() -> (TestApp, Sim) {
-    let app = spawn_app(breakwater_store::testing::sqlite().await, Duration::from_secs(60)).await;
-    let s = sim().await;
-    let (status, _) = app.post("/api/gateway/register", &register_body("gw", &s, &json!({}))).await;
-    assert_eq!(status, 201);
-    // A sandbox with a starter policy, created straight on the gateway
-    // (sandbox routes arrive with their own issue).
-    let policy = json!({
-        "network_policies": {"github": {"name": "github", "endpoints": [{"host": "api.github.com", "port": 443}], "binaries": [{"path": "/usr/bin/git"}]}},
-        "process": {"run_as_user": "sandbox", "run_as_group": "sandbox"}
-    });
-    create_sandbox(&s, &policy).await;
-    for _ in 0..200 {
-        let (_, p) = app.get(P).await;
-        if p["status"] == "LOADED" {
-            return (app, s);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the starter policy never loaded");
-}
-
-async fn create_sandbox(s: &Sim, policy: &Value) {
-    use breakwater_gateway::Gateway;
-    let pki = s.pki().unwrap();
-    let client = pki.client.as_ref().unwrap();
-    let gw = breakwater_gateway::GrpcGateway::connect(breakwater_gateway::ConnectionConfig::mtls(
-        breakwater_gateway::GatewayAddress::parse(&s.endpoint()).unwrap(),
-        pki.ca_pem.as_bytes().to_vec(),
-        client.cert_pem.as_bytes().to_vec(),
-        breakwater_domain::Secret::new(client.key_pem.clone()),
-    ))
-    .await
-    .unwrap();
-    let new = breakwater_domain::sandbox::NewSandbox {
-        name: Some(breakwater_domain::SandboxName::parse("agent-1").unwrap()),
-        policy: Some(serde_json::from_value(policy.clone()).unwrap()),
-        ..Default::default()
-    };
-    gw.create_sandbox(&new).await.unwrap();
-    for _ in 0..200 {
-        let sb =
-            gw.get_sandbox(&breakwater_domain::WorkspaceName::default(), new.name.as_ref().unwrap()).await.unwrap();
-        if sb.phase == breakwater_domain::sandbox::SandboxPhase::Ready {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 impl TestApp {
     async fn put(&self, path: &str, body: &Value) -> (u16, Value) {

@@ -2,6 +2,7 @@
 //! and every state change writes exactly one audit entry.
 #![forbid(unsafe_code)]
 
+pub mod approvals;
 pub mod audit;
 mod certs;
 pub mod events;
@@ -14,6 +15,7 @@ use breakwater_domain::DomainError;
 use breakwater_gateway::GatewayError;
 use breakwater_store::StoreError;
 
+pub use approvals::{ApprovalService, ApproveOutcome, BulkOutcome, HistoryEntry, Tally, WorkflowSettings};
 pub use audit::{AuditService, VerifyReport};
 pub use events::{Event, EventBus};
 pub use gateways::{ConnectionTest, GatewayInfoView, GatewayService, MonitorSettings, RegisterGateway};
@@ -64,6 +66,15 @@ pub enum ServiceError {
     /// The caller's expected version is not the current one.
     #[error("{message}")]
     StaleVersion { message: String, expected: String, current_version: u32, current_hash: String },
+    /// The sandbox's policy is pinned.
+    #[error("{}", pin.refusal())]
+    Locked { pin: Box<breakwater_domain::approval::PolicyPin> },
+    /// Waited as long as allowed.
+    #[error("{message}")]
+    Timeout { message: String },
+    /// The caller may not do this (e.g. a role a workflow does not count).
+    #[error("{message}")]
+    Forbidden { message: String },
 }
 
 impl From<StoreError> for ServiceError {

@@ -14,6 +14,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use breakwater_domain::approval::PolicyPin;
 use breakwater_domain::policy::{
     ConfigChange, FilesystemPolicy, LandlockPolicy, NetworkRule, Policy, PolicyMergeOp, PolicyRevision, PolicySource,
     PolicyStatus, ProcessPolicy, SettingValue,
@@ -356,6 +357,75 @@ impl PolicyService {
         })
     }
 
+    // ------------------------------------------------------------ pins
+
+    /// The pin on a sandbox's policy, if one is in force. An expired pin is
+    /// removed when it is next read, so expiry needs no scheduler.
+    pub async fn active_pin(&self, gw: &GatewayName, sandbox: &SandboxName) -> Result<Option<PolicyPin>> {
+        let store = self.gateways.store();
+        match store.get_pin(gw.as_str(), sandbox.as_str()).await? {
+            Some(pin) if pin.is_active(Utc::now()) => Ok(Some(pin)),
+            Some(_) => {
+                store.delete_pin(gw.as_str(), sandbox.as_str()).await?;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// `Locked` (423) while a pin is in force.
+    pub async fn check_pin(&self, gw: &GatewayName, sandbox: &SandboxName) -> Result<()> {
+        match self.active_pin(gw, sandbox).await? {
+            Some(pin) => Err(ServiceError::Locked { pin: Box::new(pin) }),
+            None => Ok(()),
+        }
+    }
+
+    /// Pins the sandbox at its active (loaded) policy version.
+    pub async fn pin(
+        &self,
+        actor: &Actor,
+        gw: &GatewayName,
+        sandbox: &SandboxName,
+        reason: Option<String>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<PolicyPin> {
+        if expires_at.is_some_and(|t| t <= Utc::now()) {
+            return Err(ServiceError::Invalid { field: "expires_at".into(), message: "must be in the future".into() });
+        }
+        if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+            return Err(ServiceError::Invalid { field: "reason".into(), message: "at most 500 characters".into() });
+        }
+        let view = self.get(gw, sandbox).await?;
+        let pin = PolicyPin {
+            gateway: gw.to_string(),
+            sandbox: sandbox.to_string(),
+            version: view.active_version,
+            pinned_by: actor.name.clone(),
+            reason,
+            pinned_at: Utc::now(),
+            expires_at,
+        };
+        self.gateways.store().put_pin(&pin).await?;
+        self.gateways
+            .audit()
+            .log(actor, "policy.pin", "sandbox_policy", sandbox.as_str(), Some(gw.as_str()), serde_json::json!(pin))
+            .await;
+        Ok(pin)
+    }
+
+    pub async fn unpin(&self, actor: &Actor, gw: &GatewayName, sandbox: &SandboxName) -> Result<()> {
+        if self.active_pin(gw, sandbox).await?.is_none() {
+            return Err(ServiceError::NotFound { what: format!("pin on {gw}/{sandbox}") });
+        }
+        self.gateways.store().delete_pin(gw.as_str(), sandbox.as_str()).await?;
+        self.gateways
+            .audit()
+            .log(actor, "policy.unpin", "sandbox_policy", sandbox.as_str(), Some(gw.as_str()), serde_json::json!({}))
+            .await;
+        Ok(())
+    }
+
     // ------------------------------------------------------------ writes
 
     /// The newest revision (what the gateway merges against), which may
@@ -418,6 +488,9 @@ impl PolicyService {
     where
         F: Fn(&Policy) -> Result<Policy>,
     {
+        if !dry_run {
+            self.check_pin(gw, sandbox).await?;
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;

@@ -2,122 +2,15 @@
 //! rule-by-rule edits, replace, presets, revisions, diffs, GitOps, and the
 //! policy cases of `../shared/cases/policy.md` that need a gateway.
 
+mod common;
+
 use std::sync::Arc;
-use std::time::Duration;
 
-use breakwater_domain::policy::{NetworkBinary, NetworkEndpoint, NetworkRule, Policy, PolicyStatus, ProcessPolicy};
-use breakwater_domain::presets::built_in;
-use breakwater_domain::registry::GatewayName;
-use breakwater_domain::sandbox::{NewSandbox, SandboxPhase};
-use breakwater_domain::{SandboxName, Secret, WorkspaceName};
-use breakwater_gateway::{Gateway, GatewayError};
+use breakwater_domain::policy::{Policy, PolicyStatus, ProcessPolicy};
+use breakwater_gateway::GatewayError;
 use breakwater_services::policy::{ApplyMode, PathAccess};
-use breakwater_services::{
-    Actor, AuditService, EventBus, GatewayService, PolicyService, RegisterGateway, ServiceError, WriteStatus,
-};
-use breakwater_store::testing::{TestStore, sqlite};
-use openshell_sim::{Sim, SimConfig};
-
-struct Fixture {
-    sim: Sim,
-    _store: TestStore,
-    gateways: GatewayService,
-    policies: PolicyService,
-    events: EventBus,
-    gw: GatewayName,
-    sandbox: SandboxName,
-}
-
-fn starter() -> Policy {
-    let mut p = Policy::default();
-    p.network_policies.insert(
-        "github".into(),
-        NetworkRule {
-            name: "github".into(),
-            endpoints: vec![NetworkEndpoint { host: "api.github.com".into(), port: 443, ..Default::default() }],
-            binaries: vec![NetworkBinary { path: "/usr/bin/git".into() }],
-        },
-    );
-    p.process = Some(ProcessPolicy { run_as_user: "sandbox".into(), run_as_group: "sandbox".into() });
-    p
-}
-
-fn rule(host: &str) -> NetworkRule {
-    NetworkRule {
-        name: String::new(),
-        endpoints: vec![NetworkEndpoint { host: host.into(), port: 443, ..Default::default() }],
-        binaries: vec![NetworkBinary { path: "/usr/bin/curl".into() }],
-    }
-}
-
-async fn fixture() -> Fixture {
-    let sim = Sim::start(SimConfig::for_tests().unwrap()).await.unwrap();
-    let store = sqlite().await;
-    let audit = AuditService::new(store.store.clone());
-    let gateways = GatewayService::new(store.store.clone(), audit);
-    let pki = sim.pki().unwrap();
-    let client = pki.client.as_ref().unwrap();
-    gateways
-        .register(
-            &Actor::system(),
-            RegisterGateway {
-                name: "gw".into(),
-                endpoint: sim.endpoint(),
-                ca_cert: Some(pki.ca_pem.clone()),
-                client_cert: Some(client.cert_pem.clone()),
-                client_key: Some(Secret::new(client.key_pem.clone())),
-                ..RegisterGateway::default()
-            },
-        )
-        .await
-        .unwrap();
-    let gw = GatewayName::parse("gw").unwrap();
-    let sandbox = SandboxName::parse("agent-1").unwrap();
-    let new = NewSandbox { name: Some(sandbox.clone()), policy: Some(starter()), ..NewSandbox::default() };
-    gateways.with_gateway(&gw, |c| async move { c.create_sandbox(&new).await }).await.unwrap();
-    let events = EventBus::default();
-    let policies = PolicyService::new(gateways.clone(), events.clone(), built_in());
-    let f = Fixture { sim, _store: store, gateways, policies, events, gw, sandbox };
-    f.wait_ready().await;
-    f.wait_loaded().await;
-    f
-}
-
-impl Fixture {
-    async fn wait_ready(&self) {
-        for _ in 0..200 {
-            let sb = self.sandbox.clone();
-            let s = self
-                .gateways
-                .with_gateway(&self.gw, |c| async move { c.get_sandbox(&WorkspaceName::default(), &sb).await })
-                .await
-                .unwrap();
-            if s.phase == SandboxPhase::Ready {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("sandbox never became ready");
-    }
-
-    async fn wait_loaded(&self) {
-        for _ in 0..200 {
-            if self.policies.get(&self.gw, &self.sandbox).await.unwrap().status == PolicyStatus::Loaded {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("policy never loaded");
-    }
-
-    async fn revision_count(&self) -> usize {
-        self.policies.revisions(&self.gw, &self.sandbox, 200, 0).await.unwrap().0.len()
-    }
-}
-
-fn admin() -> Actor {
-    Actor::local_admin(Some("127.0.0.1".into()))
-}
+use breakwater_services::{ServiceError, WriteStatus};
+use common::{admin, fixture, rule};
 
 #[tokio::test]
 async fn read_edit_rule_by_rule_and_no_op_writes() {

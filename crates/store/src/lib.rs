@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use breakwater_domain::approval::{ApprovalWorkflow, ChunkAction, Decision, PolicyPin, Vote};
 use breakwater_domain::registry::{
     AuditEntry, AuditFilter, AuthMode, FieldPatch, GatewayHealth, GatewayMetadataPatch, GatewayName, GatewayRecord,
     GatewayStatus, NewAuditEntry, audit_hash,
@@ -123,6 +124,26 @@ pub trait Store: Send + Sync {
     /// Deletes entries older than `cutoff`, moving the anchor to the newest
     /// deleted one so the rest of the chain still verifies.
     async fn delete_audit_before(&self, cutoff: DateTime<Utc>) -> Result<u64>;
+
+    // --- policy pins, approval workflows, votes ---
+    async fn get_pin(&self, gateway: &str, sandbox: &str) -> Result<Option<PolicyPin>>;
+    /// Creates or replaces the pin.
+    async fn put_pin(&self, pin: &PolicyPin) -> Result<()>;
+    async fn delete_pin(&self, gateway: &str, sandbox: &str) -> Result<bool>;
+    async fn get_workflow(&self, gateway: &str, sandbox: &str) -> Result<Option<ApprovalWorkflow>>;
+    async fn put_workflow(&self, wf: &ApprovalWorkflow) -> Result<()>;
+    async fn delete_workflow(&self, gateway: &str, sandbox: &str) -> Result<bool>;
+    /// Records (or replaces) one actor's vote on a chunk.
+    async fn put_vote(&self, gateway: &str, sandbox: &str, vote: &Vote) -> Result<()>;
+    async fn votes(&self, gateway: &str, sandbox: &str, chunk_id: &str) -> Result<Vec<Vote>>;
+    /// Claims the decision on a chunk. Exactly one caller gets `true`; that
+    /// caller acts upstream.
+    async fn claim_outcome(&self, gateway: &str, sandbox: &str, chunk_id: &str, outcome: Decision) -> Result<bool>;
+    /// Gives a claim back (the upstream action failed), so a later vote can retry.
+    async fn release_outcome(&self, gateway: &str, sandbox: &str, chunk_id: &str) -> Result<()>;
+    async fn outcome(&self, gateway: &str, sandbox: &str, chunk_id: &str) -> Result<Option<Decision>>;
+    async fn record_chunk_action(&self, gateway: &str, sandbox: &str, action: &ChunkAction) -> Result<()>;
+    async fn chunk_actions(&self, gateway: &str, sandbox: &str) -> Result<Vec<ChunkAction>>;
 }
 
 /// How long to keep retrying while the database is not reachable yet.
@@ -439,6 +460,232 @@ macro_rules! impl_store {
                     .await?;
                 tx.commit().await?;
                 Ok(deleted.rows_affected())
+            }
+
+            async fn get_pin(&self, gateway: &str, sandbox: &str) -> Result<Option<PolicyPin>> {
+                let row = sqlx::query(
+                    "SELECT version, pinned_by, reason, pinned_at, expires_at FROM policy_pins \
+                     WHERE gateway = $1 AND sandbox = $2",
+                )
+                .bind(gateway)
+                .bind(sandbox)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                let version: i64 = row.try_get("version")?;
+                Ok(Some(PolicyPin {
+                    gateway: gateway.to_owned(),
+                    sandbox: sandbox.to_owned(),
+                    version: u32::try_from(version).map_err(|_| StoreError::Corrupt("pin version".into()))?,
+                    pinned_by: row.try_get("pinned_by")?,
+                    reason: row.try_get("reason")?,
+                    pinned_at: row.try_get("pinned_at")?,
+                    expires_at: row.try_get("expires_at")?,
+                }))
+            }
+
+            async fn put_pin(&self, p: &PolicyPin) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO policy_pins (gateway, sandbox, version, pinned_by, reason, pinned_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (gateway, sandbox) DO UPDATE SET \
+                     version = excluded.version, pinned_by = excluded.pinned_by, reason = excluded.reason, \
+                     pinned_at = excluded.pinned_at, expires_at = excluded.expires_at",
+                )
+                .bind(&p.gateway)
+                .bind(&p.sandbox)
+                .bind(i64::from(p.version))
+                .bind(&p.pinned_by)
+                .bind(&p.reason)
+                .bind(p.pinned_at.trunc_subsecs(6))
+                .bind(p.expires_at.map(|t| t.trunc_subsecs(6)))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn delete_pin(&self, gateway: &str, sandbox: &str) -> Result<bool> {
+                let done = sqlx::query("DELETE FROM policy_pins WHERE gateway = $1 AND sandbox = $2")
+                    .bind(gateway)
+                    .bind(sandbox)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn get_workflow(&self, gateway: &str, sandbox: &str) -> Result<Option<ApprovalWorkflow>> {
+                let row = sqlx::query(
+                    "SELECT required_approvals, required_roles, distinct_actors, escalation_timeout_minutes, \
+                     updated_by, updated_at FROM approval_workflows WHERE gateway = $1 AND sandbox = $2",
+                )
+                .bind(gateway)
+                .bind(sandbox)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                let n: i64 = row.try_get("required_approvals")?;
+                let roles: String = row.try_get("required_roles")?;
+                let esc: Option<i64> = row.try_get("escalation_timeout_minutes")?;
+                Ok(Some(ApprovalWorkflow {
+                    gateway: gateway.to_owned(),
+                    sandbox: sandbox.to_owned(),
+                    required_approvals: u32::try_from(n).map_err(|_| StoreError::Corrupt("required_approvals".into()))?,
+                    required_roles: serde_json::from_str(&roles).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    distinct_actors: row.try_get("distinct_actors")?,
+                    escalation_timeout_minutes: esc.and_then(|m| u32::try_from(m).ok()),
+                    updated_by: row.try_get("updated_by")?,
+                    updated_at: row.try_get("updated_at")?,
+                }))
+            }
+
+            async fn put_workflow(&self, w: &ApprovalWorkflow) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO approval_workflows (gateway, sandbox, required_approvals, required_roles, \
+                     distinct_actors, escalation_timeout_minutes, updated_by, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (gateway, sandbox) DO UPDATE SET \
+                     required_approvals = excluded.required_approvals, required_roles = excluded.required_roles, \
+                     distinct_actors = excluded.distinct_actors, \
+                     escalation_timeout_minutes = excluded.escalation_timeout_minutes, \
+                     updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+                )
+                .bind(&w.gateway)
+                .bind(&w.sandbox)
+                .bind(i64::from(w.required_approvals))
+                .bind(serde_json::to_string(&w.required_roles).unwrap_or_else(|_| "[]".into()))
+                .bind(w.distinct_actors)
+                .bind(w.escalation_timeout_minutes.map(i64::from))
+                .bind(&w.updated_by)
+                .bind(w.updated_at.trunc_subsecs(6))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn delete_workflow(&self, gateway: &str, sandbox: &str) -> Result<bool> {
+                let done = sqlx::query("DELETE FROM approval_workflows WHERE gateway = $1 AND sandbox = $2")
+                    .bind(gateway)
+                    .bind(sandbox)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn put_vote(&self, gateway: &str, sandbox: &str, v: &Vote) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO approval_votes (gateway, sandbox, chunk_id, actor, role, decision, reason, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (gateway, sandbox, chunk_id, actor) \
+                     DO UPDATE SET role = excluded.role, decision = excluded.decision, reason = excluded.reason, \
+                     at = excluded.at",
+                )
+                .bind(gateway)
+                .bind(sandbox)
+                .bind(&v.chunk_id)
+                .bind(&v.actor)
+                .bind(&v.role)
+                .bind(v.decision.as_str())
+                .bind(&v.reason)
+                .bind(v.at.trunc_subsecs(6))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn votes(&self, gateway: &str, sandbox: &str, chunk_id: &str) -> Result<Vec<Vote>> {
+                let rows = sqlx::query(
+                    "SELECT actor, role, decision, reason, at FROM approval_votes \
+                     WHERE gateway = $1 AND sandbox = $2 AND chunk_id = $3 ORDER BY at, actor",
+                )
+                .bind(gateway)
+                .bind(sandbox)
+                .bind(chunk_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        let d: String = row.try_get("decision")?;
+                        Ok(Vote {
+                            chunk_id: chunk_id.to_owned(),
+                            actor: row.try_get("actor")?,
+                            role: row.try_get("role")?,
+                            decision: Decision::parse(&d).ok_or_else(|| StoreError::Corrupt(format!("decision {d}")))?,
+                            reason: row.try_get("reason")?,
+                            at: row.try_get("at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn claim_outcome(&self, gateway: &str, sandbox: &str, chunk_id: &str, outcome: Decision) -> Result<bool> {
+                let done = sqlx::query(
+                    "INSERT INTO approval_outcomes (gateway, sandbox, chunk_id, outcome, decided_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (gateway, sandbox, chunk_id) DO NOTHING",
+                )
+                .bind(gateway)
+                .bind(sandbox)
+                .bind(chunk_id)
+                .bind(outcome.as_str())
+                .bind(now())
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn release_outcome(&self, gateway: &str, sandbox: &str, chunk_id: &str) -> Result<()> {
+                sqlx::query("DELETE FROM approval_outcomes WHERE gateway = $1 AND sandbox = $2 AND chunk_id = $3")
+                    .bind(gateway)
+                    .bind(sandbox)
+                    .bind(chunk_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn outcome(&self, gateway: &str, sandbox: &str, chunk_id: &str) -> Result<Option<Decision>> {
+                let raw: Option<String> = sqlx::query_scalar(
+                    "SELECT outcome FROM approval_outcomes WHERE gateway = $1 AND sandbox = $2 AND chunk_id = $3",
+                )
+                .bind(gateway)
+                .bind(sandbox)
+                .bind(chunk_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(raw.as_deref().and_then(Decision::parse))
+            }
+
+            async fn record_chunk_action(&self, gateway: &str, sandbox: &str, a: &ChunkAction) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO chunk_actions (gateway, sandbox, chunk_id, action, actor, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(gateway)
+                .bind(sandbox)
+                .bind(&a.chunk_id)
+                .bind(&a.action)
+                .bind(&a.actor)
+                .bind(a.at.trunc_subsecs(6))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn chunk_actions(&self, gateway: &str, sandbox: &str) -> Result<Vec<ChunkAction>> {
+                let rows = sqlx::query(
+                    "SELECT chunk_id, action, actor, at FROM chunk_actions WHERE gateway = $1 AND sandbox = $2 \
+                     ORDER BY id",
+                )
+                .bind(gateway)
+                .bind(sandbox)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(ChunkAction {
+                            chunk_id: row.try_get("chunk_id")?,
+                            action: row.try_get("action")?,
+                            actor: row.try_get("actor")?,
+                            at: row.try_get("at")?,
+                        })
+                    })
+                    .collect()
             }
         }
 

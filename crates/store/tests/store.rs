@@ -218,3 +218,75 @@ async fn a_different_server_key_is_refused_at_open() {
     .expect("refused");
     assert!(matches!(err, StoreError::WrongKey), "{err:?}");
 }
+
+#[tokio::test]
+async fn pins_workflows_votes_and_exactly_one_outcome_claim() {
+    use breakwater_domain::approval::{ApprovalWorkflow, ChunkAction, Decision, PolicyPin, Vote};
+    for t in both().await {
+        let s = t.store.clone();
+        let now = chrono::Utc::now();
+        let pin = PolicyPin {
+            gateway: "gw".into(),
+            sandbox: "sb".into(),
+            version: 7,
+            pinned_by: "alice".into(),
+            reason: Some("release freeze".into()),
+            pinned_at: now,
+            expires_at: Some(now + chrono::Duration::hours(1)),
+        };
+        s.put_pin(&pin).await.unwrap();
+        let got = s.get_pin("gw", "sb").await.unwrap().unwrap();
+        assert_eq!((got.version, got.reason.as_deref()), (7, Some("release freeze")), "{}", t.backend);
+        assert!(s.delete_pin("gw", "sb").await.unwrap());
+        assert!(s.get_pin("gw", "sb").await.unwrap().is_none());
+
+        let wf = ApprovalWorkflow {
+            gateway: "gw".into(),
+            sandbox: "sb".into(),
+            required_approvals: 2,
+            required_roles: vec!["operator".into(), "admin".into()],
+            distinct_actors: true,
+            escalation_timeout_minutes: Some(30),
+            updated_by: "alice".into(),
+            updated_at: now,
+        };
+        s.put_workflow(&wf).await.unwrap();
+        let got = s.get_workflow("gw", "sb").await.unwrap().unwrap();
+        assert_eq!(got.required_roles, wf.required_roles, "{}", t.backend);
+        assert_eq!(got.escalation_timeout_minutes, Some(30));
+
+        let vote = |actor: &str, d| Vote {
+            chunk_id: "c1".into(),
+            actor: actor.into(),
+            role: "operator".into(),
+            decision: d,
+            reason: None,
+            at: chrono::Utc::now(),
+        };
+        s.put_vote("gw", "sb", &vote("alice", Decision::Approve)).await.unwrap();
+        s.put_vote("gw", "sb", &vote("alice", Decision::Reject)).await.unwrap();
+        s.put_vote("gw", "sb", &vote("bob", Decision::Approve)).await.unwrap();
+        let votes = s.votes("gw", "sb", "c1").await.unwrap();
+        assert_eq!(votes.len(), 2, "{}: one vote per actor", t.backend);
+        assert_eq!(votes.iter().find(|v| v.actor == "alice").unwrap().decision, Decision::Reject);
+
+        let claims = (0..20).map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.claim_outcome("gw", "sb", "c1", Decision::Approve).await.unwrap() })
+        });
+        let won = futures::future::join_all(claims).await.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+        assert_eq!(won, 1, "{}: exactly one claim wins", t.backend);
+        assert_eq!(s.outcome("gw", "sb", "c1").await.unwrap(), Some(Decision::Approve));
+        s.release_outcome("gw", "sb", "c1").await.unwrap();
+        assert!(s.claim_outcome("gw", "sb", "c1", Decision::Reject).await.unwrap());
+
+        s.record_chunk_action(
+            "gw",
+            "sb",
+            &ChunkAction { chunk_id: "c1".into(), action: "approved".into(), actor: "bob".into(), at: now },
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.chunk_actions("gw", "sb").await.unwrap()[0].actor, "bob");
+    }
+}

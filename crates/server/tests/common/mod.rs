@@ -37,17 +37,21 @@ pub async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools:
     let stop = CancellationToken::new();
     let _monitor = gateways.spawn_monitor(monitor, stop.clone());
     let local = LocalGatewayManager::new(gateways.clone(), tools);
-    let gateways_for_policies = gateways.clone();
+    let events = breakwater_services::EventBus::default();
+    let policies = breakwater_services::PolicyService::new(
+        gateways.clone(),
+        events.clone(),
+        breakwater_domain::presets::built_in(),
+    );
+    let approvals = breakwater_services::ApprovalService::new(gateways.clone(), policies.clone(), events)
+        .with_wait_cap(Duration::from_secs(2));
     let state = AppState {
         store: store.store.clone(),
         gateways,
         audit,
         local,
-        policies: breakwater_services::PolicyService::new(
-            gateways_for_policies,
-            breakwater_services::EventBus::default(),
-            breakwater_domain::presets::built_in(),
-        ),
+        policies,
+        approvals,
         host_guard: breakwater_server::HostGuard::loopback(&[]),
         monitor,
         started: Instant::now(),
@@ -104,5 +108,60 @@ impl TestApp {
     pub async fn status_of(&self, name: &str) -> String {
         let (_, body) = self.get(&format!("/api/gateway/{name}/info")).await;
         body["status"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// The policy routes of the sandbox `setup` creates.
+pub const P: &str = "/api/gateways/gw/sandboxes/agent-1/policy";
+
+/// A server with gateway `gw` registered and sandbox `agent-1` running a
+/// starter policy (loaded).
+pub async fn setup() -> (TestApp, Sim) {
+    let app = spawn_app(breakwater_store::testing::sqlite().await, Duration::from_secs(60)).await;
+    let s = sim().await;
+    let (status, _) = app.post("/api/gateway/register", &register_body("gw", &s, &json!({}))).await;
+    assert_eq!(status, 201);
+    // A sandbox with a starter policy, created straight on the gateway
+    // (sandbox routes arrive with their own issue).
+    let policy = json!({
+        "network_policies": {"github": {"name": "github", "endpoints": [{"host": "api.github.com", "port": 443}], "binaries": [{"path": "/usr/bin/git"}]}},
+        "process": {"run_as_user": "sandbox", "run_as_group": "sandbox"}
+    });
+    create_sandbox(&s, &policy).await;
+    for _ in 0..200 {
+        let (_, p) = app.get(P).await;
+        if p["status"] == "LOADED" {
+            return (app, s);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the starter policy never loaded");
+}
+
+pub async fn create_sandbox(s: &Sim, policy: &Value) {
+    use breakwater_gateway::Gateway;
+    let pki = s.pki().unwrap();
+    let client = pki.client.as_ref().unwrap();
+    let gw = breakwater_gateway::GrpcGateway::connect(breakwater_gateway::ConnectionConfig::mtls(
+        breakwater_gateway::GatewayAddress::parse(&s.endpoint()).unwrap(),
+        pki.ca_pem.as_bytes().to_vec(),
+        client.cert_pem.as_bytes().to_vec(),
+        breakwater_domain::Secret::new(client.key_pem.clone()),
+    ))
+    .await
+    .unwrap();
+    let new = breakwater_domain::sandbox::NewSandbox {
+        name: Some(breakwater_domain::SandboxName::parse("agent-1").unwrap()),
+        policy: Some(serde_json::from_value(policy.clone()).unwrap()),
+        ..Default::default()
+    };
+    gw.create_sandbox(&new).await.unwrap();
+    for _ in 0..200 {
+        let sb =
+            gw.get_sandbox(&breakwater_domain::WorkspaceName::default(), new.name.as_ref().unwrap()).await.unwrap();
+        if sb.phase == breakwater_domain::sandbox::SandboxPhase::Ready {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
