@@ -1,7 +1,8 @@
 //! `/api/gateways/{gw}/sandboxes/{name}/policy…` and `/api/policies/presets…`.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use breakwater_domain::SandboxName;
@@ -10,7 +11,7 @@ use breakwater_domain::policy_yaml::PolicyDiff;
 use breakwater_domain::presets::Preset;
 use breakwater_domain::registry::GatewayName;
 use breakwater_services::policy::{ApplyMode, PathAccess, PresetPreview};
-use breakwater_services::{PolicyView, WriteOutcome, WriteStatus};
+use breakwater_services::{ApplyOutcome, PolicyView, WriteOutcome, WriteStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::extract::{Caller, QueryPairs};
@@ -188,7 +189,7 @@ async fn apply(
     Caller(actor): Caller,
     Path((gw, name)): Path<(String, String)>,
     Json(body): Json<ApplyBody>,
-) -> ApiResult<Json<ApplyResponse>> {
+) -> ApiResult<Response> {
     let (gw, sb) = target(&gw, &name)?;
     // A version number or a policy hash; clients send either.
     let expected = match &body.expected_version {
@@ -199,9 +200,24 @@ async fn apply(
     };
     let before = state.policies.get(&gw, &sb).await?.policy_hash;
     let out = state
-        .policies
+        .approvals
         .apply_document(&actor, &gw, &sb, &body.yaml, body.mode, body.dry_run, expected.as_deref())
         .await?;
+    let out = match out {
+        ApplyOutcome::Written(out) => out,
+        ApplyOutcome::VoteRecorded { tally, diff } => {
+            let body = serde_json::json!({
+                "status": "vote_recorded",
+                "current_hash": before,
+                "diff": diff.diff,
+                "text_diff": diff.text_diff,
+                "votes_needed": tally.votes_needed,
+                "votes_cast": tally.approvals,
+                "chunk_id": tally.chunk_id,
+            });
+            return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+        }
+    };
     let applied = out.status == WriteStatus::Applied;
     Ok(Json(ApplyResponse {
         current_hash: if applied { before } else { out.policy_hash.clone() },
@@ -210,7 +226,8 @@ async fn apply(
         status: out.status,
         diff: out.diff,
         text_diff: out.text_diff,
-    }))
+    })
+    .into_response())
 }
 
 async fn revisions(

@@ -115,6 +115,14 @@ async fn workflows_vote_with_202_and_pins_lock_with_423() {
     let (status, tally) = app.get(&format!("{A}/{id}/decisions")).await;
     assert_eq!(status, 200);
     assert_eq!(tally["approvals"], 1);
+    // GitOps apply under the workflow: a proposal, 202 until quorum.
+    let (_, export) = app.get(&format!("{P}/export")).await;
+    let edited = export["yaml"].as_str().unwrap().replace("api.github.com", "uploads.github.com");
+    let (status, body) = app.post(&format!("{P}/apply"), &json!({"yaml": edited})).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "vote_recorded");
+    assert_eq!(body["votes_needed"], 1);
+    assert!(body["chunk_id"].as_str().unwrap().starts_with("policy.apply:"));
     assert_eq!(app.delete(wf).await.0, 200);
     assert_eq!(app.delete(wf).await.0, 404);
 

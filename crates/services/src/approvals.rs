@@ -24,7 +24,9 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::events::{Event, EventBus};
-use crate::{Actor, GatewayService, PolicyService, Result, ServiceError};
+use crate::policy::ApplyMode;
+use crate::{Actor, GatewayService, PolicyService, Result, ServiceError, WriteOutcome, WriteStatus};
+use sha2::Digest as _;
 
 /// Roles a workflow may name.
 pub const ROLES: &[&str] = &["viewer", "operator", "admin"];
@@ -52,6 +54,17 @@ pub struct Tally {
     /// `pending`, `approved` or `rejected`.
     pub outcome: String,
     pub votes: Vec<Vote>,
+}
+
+/// What a GitOps apply did under (or without) a workflow.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApplyOutcome {
+    Written(WriteOutcome),
+    /// More approvers must apply the same document.
+    VoteRecorded {
+        tally: Tally,
+        diff: Box<WriteOutcome>,
+    },
 }
 
 /// `approve-all` result.
@@ -604,6 +617,50 @@ impl ApprovalService {
         let _ = self.gateways.store().release_outcome(gw.as_str(), sb.as_str(), chunk_id).await;
         self.after_decision(actor, gw, sb, chunk_id, "undone").await;
         self.chunk(gw, sb, chunk_id).await?.ok_or_else(|| conflict(format!("chunk {chunk_id} is gone")))
+    }
+
+    /// GitOps apply, gated by the sandbox's workflow when it has one: the
+    /// document becomes a proposal (named after its content) that approvers
+    /// vote on by applying the same YAML; the vote that reaches quorum
+    /// applies it, once. Dry runs and no-op applies never need votes.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply_document(
+        &self,
+        actor: &Actor,
+        gw: &GatewayName,
+        sb: &SandboxName,
+        yaml: &str,
+        mode: ApplyMode,
+        dry_run: bool,
+        expected: Option<&str>,
+    ) -> Result<ApplyOutcome> {
+        let Some(wf) = self.workflow(gw, sb).await? else {
+            return Ok(ApplyOutcome::Written(
+                self.policies.apply_document(actor, gw, sb, yaml, mode, dry_run, expected).await?,
+            ));
+        };
+        // What would change, and does it at all?
+        let preview = self.policies.apply_document(actor, gw, sb, yaml, mode, true, expected).await?;
+        if dry_run || preview.status == WriteStatus::UpToDate {
+            return Ok(ApplyOutcome::Written(preview));
+        }
+        self.policies.check_pin(gw, sb).await?;
+        let digest = hex::encode(sha2::Sha256::digest(yaml.as_bytes()));
+        let proposal = format!("policy.apply:{}", &digest[..16]);
+        let tally = self.vote(actor, gw, sb, &wf, &proposal, (Decision::Approve, None)).await?;
+        if tally.approvals < wf.required_approvals {
+            return Ok(ApplyOutcome::VoteRecorded { tally, diff: Box::new(preview) });
+        }
+        if !self.gateways.store().claim_outcome(gw.as_str(), sb.as_str(), &proposal, Decision::Approve).await? {
+            return Ok(ApplyOutcome::VoteRecorded { tally, diff: Box::new(preview) });
+        }
+        match self.policies.apply_document(actor, gw, sb, yaml, mode, false, expected).await {
+            Ok(w) => Ok(ApplyOutcome::Written(w)),
+            Err(e) => {
+                let _ = self.gateways.store().release_outcome(gw.as_str(), sb.as_str(), &proposal).await;
+                Err(e)
+            }
+        }
     }
 
     pub async fn clear(&self, actor: &Actor, gw: &GatewayName, sb: &SandboxName) -> Result<u32> {

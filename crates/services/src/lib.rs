@@ -15,7 +15,9 @@ use breakwater_domain::DomainError;
 use breakwater_gateway::GatewayError;
 use breakwater_store::StoreError;
 
-pub use approvals::{ApprovalService, ApproveOutcome, BulkOutcome, HistoryEntry, Tally, WorkflowSettings};
+pub use approvals::{
+    ApplyOutcome, ApprovalService, ApproveOutcome, BulkOutcome, HistoryEntry, Tally, WorkflowSettings,
+};
 pub use audit::{AuditService, VerifyReport};
 pub use events::{Event, EventBus};
 pub use gateways::{ConnectionTest, GatewayInfoView, GatewayService, MonitorSettings, RegisterGateway};

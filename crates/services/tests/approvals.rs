@@ -286,3 +286,37 @@ async fn undo_restores_the_previous_hash_and_reject_records_the_reason() {
     assert!(history.iter().any(|h| h.event.event_type == "undone" && h.actor == "local-admin"), "{history:?}");
     f.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn gitops_apply_under_a_workflow_is_a_proposal_applied_once_at_quorum() {
+    use breakwater_services::ApplyOutcome;
+    use breakwater_services::policy::ApplyMode;
+    let f = fixture().await;
+    let svc = approvals(&f);
+    svc.set_workflow(&admin(), &f.gw, &f.sandbox, wf(2, &[], None)).await.unwrap();
+    let (_, yaml) = f.policies.export(&f.gw, &f.sandbox).await.unwrap();
+    let edited = yaml.replace("api.github.com", "uploads.github.com");
+    let revisions = f.revision_count().await;
+    let (alice, bob) = (person("alice", "operator"), person("bob", "operator"));
+
+    let dry = svc.apply_document(&alice, &f.gw, &f.sandbox, &edited, ApplyMode::Replace, true, None);
+    assert!(
+        matches!(dry.await.unwrap(), ApplyOutcome::Written(w) if w.status == breakwater_services::WriteStatus::DryRun)
+    );
+    let first = svc.apply_document(&alice, &f.gw, &f.sandbox, &edited, ApplyMode::Replace, false, None);
+    match first.await.unwrap() {
+        ApplyOutcome::VoteRecorded { tally, diff } => {
+            assert_eq!(tally.votes_needed, 1);
+            assert_eq!(diff.diff.rules_changed[0].endpoints_added, vec!["uploads.github.com:443"]);
+        }
+        other @ ApplyOutcome::Written(_) => panic!("{other:?}"),
+    }
+    assert_eq!(f.revision_count().await, revisions, "nothing written below quorum");
+    let second = svc.apply_document(&bob, &f.gw, &f.sandbox, &edited, ApplyMode::Replace, false, None);
+    match second.await.unwrap() {
+        ApplyOutcome::Written(w) => assert_eq!(w.status, breakwater_services::WriteStatus::Applied),
+        other @ ApplyOutcome::VoteRecorded { .. } => panic!("{other:?}"),
+    }
+    assert_eq!(f.revision_count().await, revisions + 1);
+    f.sim.shutdown().await;
+}
