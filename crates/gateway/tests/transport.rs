@@ -47,7 +47,7 @@ async fn wrong_ca_is_tls_untrusted() {
     let err = connect_err(config).await;
     assert!(matches!(err, GatewayError::TlsUntrusted { .. }), "{err:?}");
     assert!(err.to_string().contains("no longer") || err.to_string().contains("not trusted"), "{err}");
-    assert!(err.to_string().contains("import its new CA"), "tells the user what to do: {err}");
+    assert!(err.to_string().contains("again with its new CA bundle"), "tells the user what to do: {err}");
 }
 
 #[tokio::test]
