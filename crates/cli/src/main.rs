@@ -80,9 +80,13 @@ struct ServerArgs {
     /// Seconds between gateway health sweeps.
     #[arg(long, env = "BREAKWATER_MONITOR_INTERVAL", default_value_t = 30)]
     monitor_interval: u64,
-    /// Seconds a single health probe may take.
-    #[arg(long, env = "BREAKWATER_PROBE_TIMEOUT", default_value_t = 5)]
-    probe_timeout: u64,
+    /// How long one health probe may take: `1`, `1.5`, `800ms`, `3s`. Raise it for
+    /// gateways far away (a first connection needs several round trips).
+    #[arg(long, env = "BREAKWATER_PROBE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    probe_timeout: Duration,
+    /// Health probes in flight at once.
+    #[arg(long, env = "BREAKWATER_PROBE_CONCURRENCY", default_value_t = 256)]
+    probe_concurrency: usize,
     /// Log format.
     #[arg(long, env = "BREAKWATER_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -149,13 +153,19 @@ impl ServerArgs {
     }
 
     fn monitor(&self) -> anyhow::Result<MonitorSettings> {
-        if self.monitor_interval == 0 || self.probe_timeout == 0 {
-            bail!("--monitor-interval and --probe-timeout must be at least 1 second");
+        if self.monitor_interval == 0 {
+            bail!("--monitor-interval must be at least 1 second");
+        }
+        if self.probe_timeout < Duration::from_millis(50) || self.probe_timeout > Duration::from_secs(60) {
+            bail!("--probe-timeout must be between 50ms and 60s");
+        }
+        if self.probe_concurrency == 0 || self.probe_concurrency > 4096 {
+            bail!("--probe-concurrency must be 1 to 4096");
         }
         Ok(MonitorSettings {
             interval: Duration::from_secs(self.monitor_interval),
-            probe_timeout: Duration::from_secs(self.probe_timeout),
-            concurrency: 64,
+            probe_timeout: self.probe_timeout,
+            concurrency: self.probe_concurrency,
         })
     }
 }
@@ -187,6 +197,23 @@ async fn main() {
         eprintln!("breakwater: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `1`, `1.5` (seconds), `800ms`, `3s`.
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (number, scale) = if let Some(ms) = raw.strip_suffix("ms") {
+        (ms, 0.001)
+    } else if let Some(s) = raw.strip_suffix('s') {
+        (s, 1.0)
+    } else {
+        (raw, 1.0)
+    };
+    let value: f64 = number.trim().parse().map_err(|_| format!("{raw:?} is not a duration (e.g. 1s, 1.5, 800ms)"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("{raw:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(value * scale))
 }
 
 fn redact_url(url: &str) -> String {
@@ -240,7 +267,10 @@ fn config_show(args: &ServerArgs) -> anyhow::Result<()> {
             None => format!("key file {}", data_dir.join("secret.key").display()),
         },
         "monitor_interval_seconds": args.monitor_interval,
-        "probe_timeout_seconds": args.probe_timeout,
+        "probe_timeout_ms": args.probe_timeout.as_millis(),
+        "probe_concurrency": args.probe_concurrency,
+        "presets_dir": args.presets_dir,
+        "allowed_hosts": args.allowed_hosts,
         "log_format": format!("{:?}", args.log_format).to_lowercase(),
         "openshell_config_dir": args.local_tools().openshell_config_dir,
         "audit_retention_days": args.audit_retention_days,
@@ -303,6 +333,7 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
         policies,
         approvals,
         host_guard: args.host_guard(),
+        list_cache: Arc::default(),
         monitor: monitor_settings,
         started: Instant::now(),
     };
@@ -435,6 +466,17 @@ async fn demo(args: ServerArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::redact_url;
+
+    #[test]
+    fn durations_parse_with_or_without_units() {
+        use std::time::Duration;
+        assert_eq!(super::parse_duration("1").unwrap(), Duration::from_secs(1));
+        assert_eq!(super::parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(super::parse_duration("800ms").unwrap(), Duration::from_millis(800));
+        assert_eq!(super::parse_duration("3s").unwrap(), Duration::from_secs(3));
+        assert!(super::parse_duration("soon").is_err());
+        assert!(super::parse_duration("-1").is_err());
+    }
 
     #[test]
     fn database_urls_never_show_passwords() {

@@ -1,9 +1,10 @@
 //! `/api/gateway/*`: the registry of gateways (ShoreGuard's paths).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use breakwater_domain::policy::{GatewaySettings, SettingValue};
@@ -104,7 +105,43 @@ struct ListResponse<T> {
     offset: u32,
 }
 
-async fn list(State(state): State<AppState>, q: QueryPairs) -> ApiResult<Json<ListResponse<GatewayResponse>>> {
+/// Serialised list pages by query string, valid for one registry snapshot
+/// generation: the list is the hottest read (dashboards poll it), and a page
+/// of a hundred gateways is tens of kilobytes of JSON to rebuild.
+#[derive(Default)]
+pub struct ListCache(std::sync::Mutex<HashMap<String, (u64, bytes::Bytes)>>);
+
+impl ListCache {
+    /// Query strings kept at most; clients that vary them freely just miss.
+    const MAX_ENTRIES: usize = 256;
+
+    fn get(&self, key: &str, generation: u64) -> Option<bytes::Bytes> {
+        let map = self.0.lock().expect("list cache lock");
+        map.get(key).filter(|(g, _)| *g == generation).map(|(_, b)| b.clone())
+    }
+
+    fn put(&self, key: String, generation: u64, body: bytes::Bytes) {
+        let mut map = self.0.lock().expect("list cache lock");
+        if map.len() >= Self::MAX_ENTRIES {
+            map.retain(|_, (g, _)| *g == generation);
+            if map.len() >= Self::MAX_ENTRIES {
+                map.clear();
+            }
+        }
+        map.insert(key, (generation, body));
+    }
+}
+
+fn json_response(body: bytes::Bytes) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery, q: QueryPairs) -> ApiResult<Response> {
+    let key = raw.unwrap_or_default();
+    let (generation, _) = state.gateways.registry().await?;
+    if let Some(body) = state.list_cache.get(&key, generation) {
+        return Ok(json_response(body));
+    }
     let mut pairs = Vec::new();
     for raw in q.all("label") {
         let (k, v) =
@@ -118,8 +155,12 @@ async fn list(State(state): State<AppState>, q: QueryPairs) -> ApiResult<Json<Li
         Some(runtime) => state.gateways.list_by_runtime(&selector, runtime, limit, offset).await?,
         None => state.gateways.list(&selector, limit, offset).await?,
     };
-    let items = items.into_iter().map(GatewayResponse::from).collect();
-    Ok(Json(ListResponse { items, total, limit, offset }))
+    let items: Vec<GatewayResponse> = items.into_iter().map(GatewayResponse::from).collect();
+    let body = serde_json::to_vec(&ListResponse { items, total, limit, offset })
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))?;
+    let body = bytes::Bytes::from(body);
+    state.list_cache.put(key, generation, body.clone());
+    Ok(json_response(body))
 }
 
 #[derive(Deserialize)]

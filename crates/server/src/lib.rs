@@ -32,6 +32,7 @@ use breakwater_store::Store;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 
 pub use error::{ApiError, ApiResult};
+pub use gateway_routes::ListCache;
 pub use guard::HostGuard;
 
 /// Largest request body we read (PEM bundles are the biggest legitimate ones).
@@ -47,6 +48,8 @@ pub struct AppState {
     pub policies: PolicyService,
     pub approvals: ApprovalService,
     pub host_guard: HostGuard,
+    /// Serialised `GET /api/gateway/list` pages (see `gateway_routes::ListCache`).
+    pub list_cache: Arc<gateway_routes::ListCache>,
     pub monitor: MonitorSettings,
     pub started: Instant,
 }

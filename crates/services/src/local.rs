@@ -458,6 +458,7 @@ impl LocalGatewayManager {
         if self.gateways.store().get_gateway(name).await?.is_some() {
             // The destroy entry above records the whole change.
             self.gateways.store().delete_gateway(name).await?;
+            self.gateways.invalidate();
         }
         Ok(Self::result(name, "destroy", output, None))
     }

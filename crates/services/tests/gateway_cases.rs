@@ -208,3 +208,23 @@ async fn a_successful_test_connection_clears_the_backoff() {
     assert_eq!(health.version, openshell_sim::DEFAULT_VERSION);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_second_replica_sees_registrations_within_the_snapshot_ttl() {
+    let store = sqlite().await;
+    let a = service(&store.store);
+    let b = service(&store.store);
+    let sim = Sim::start(SimConfig::for_tests().unwrap()).await.unwrap();
+    assert_eq!(b.list(&LabelSelector::default(), 100, 0).await.unwrap().1, 0, "b takes its snapshot");
+    a.register(&Actor::system(), registration("from-a", &sim.endpoint(), &pki_of(&sim))).await.unwrap();
+    assert_eq!(a.list(&LabelSelector::default(), 100, 0).await.unwrap().1, 1, "a local change shows at once");
+    let started = Instant::now();
+    loop {
+        if b.list(&LabelSelector::default(), 100, 0).await.unwrap().1 == 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "the other replica never saw it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sim.shutdown().await;
+}

@@ -53,6 +53,7 @@ pub async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools:
         policies,
         approvals,
         host_guard: breakwater_server::HostGuard::loopback(&[]),
+        list_cache: std::sync::Arc::default(),
         monitor,
         started: Instant::now(),
     };
