@@ -234,6 +234,46 @@ pub struct AuditFilter {
     pub until: Option<DateTime<Utc>>,
 }
 
+impl AuditEntry {
+    /// What was recorded, without the chain's bookkeeping (what the MAC covers
+    /// together with `seq`, `id`, `at` and `prev_hash`).
+    #[must_use]
+    pub fn content(&self) -> NewAuditEntry {
+        NewAuditEntry {
+            actor: self.actor.clone(),
+            role: self.role.clone(),
+            client_ip: self.client_ip.clone(),
+            action: self.action.clone(),
+            resource_type: self.resource_type.clone(),
+            resource_id: self.resource_id.clone(),
+            gateway: self.gateway.clone(),
+            detail: self.detail.clone(),
+        }
+    }
+}
+
+impl NewAuditEntry {
+    /// The entry as stored: numbered, timed and chained.
+    #[must_use]
+    pub fn chained(self, seq: i64, id: String, at: DateTime<Utc>, prev_hash: String, hash: String) -> AuditEntry {
+        AuditEntry {
+            seq,
+            id,
+            at,
+            actor: self.actor,
+            role: self.role,
+            client_ip: self.client_ip,
+            action: self.action,
+            resource_type: self.resource_type,
+            resource_id: self.resource_id,
+            gateway: self.gateway,
+            detail: self.detail,
+            prev_hash,
+            hash,
+        }
+    }
+}
+
 /// The MAC that chains an entry to its predecessor: HMAC-SHA256 under a key
 /// derived from the server's secret key. Any change to any field of any
 /// entry changes every MAC after it, and without the key nobody with write

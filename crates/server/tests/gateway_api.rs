@@ -280,16 +280,7 @@ async fn the_chain_cannot_be_recomputed_without_the_server_key() {
     let mut prev = "genesis".to_owned();
     app.store.raw_execute("DROP TRIGGER audit_log_no_update").await;
     for e in entries.iter().rev() {
-        let forged = breakwater_domain::registry::NewAuditEntry {
-            actor: "mallory".into(),
-            role: e.role.clone(),
-            client_ip: e.client_ip.clone(),
-            action: e.action.clone(),
-            resource_type: e.resource_type.clone(),
-            resource_id: e.resource_id.clone(),
-            gateway: e.gateway.clone(),
-            detail: e.detail.clone(),
-        };
+        let forged = breakwater_domain::registry::NewAuditEntry { actor: "mallory".into(), ..e.content() };
         let hash = breakwater_domain::registry::audit_hash(b"guessed key", e.seq, &forged, &e.id, e.at, &prev);
         app.store
             .raw_execute(&format!(

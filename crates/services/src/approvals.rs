@@ -53,6 +53,9 @@ pub struct Tally {
     pub votes_needed: u32,
     /// `pending`, `approved` or `rejected`.
     pub outcome: String,
+    /// Still pending longer than the workflow's escalation timeout since
+    /// the first vote.
+    pub escalated: bool,
     pub votes: Vec<Vote>,
 }
 
@@ -105,6 +108,9 @@ pub struct ApprovalService {
     policies: PolicyService,
     events: EventBus,
     wait_cap: Duration,
+    /// Chunks already announced (pending, escalated), so each event goes
+    /// out once per process.
+    announced: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 fn ws() -> WorkspaceName {
@@ -126,7 +132,7 @@ fn conflict(message: impl Into<String>) -> ServiceError {
 impl ApprovalService {
     #[must_use]
     pub fn new(gateways: GatewayService, policies: PolicyService, events: EventBus) -> Self {
-        Self { gateways, policies, events, wait_cap: Duration::from_secs(30) }
+        Self { gateways, policies, events, wait_cap: Duration::from_secs(30), announced: std::sync::Arc::default() }
     }
 
     /// How long `wait_loaded` waits at most (30 s unless changed).
@@ -140,7 +146,27 @@ impl ApprovalService {
 
     pub async fn draft(&self, gw: &GatewayName, sb: &SandboxName, status: Option<&str>) -> Result<DraftPolicy> {
         let filter = status.unwrap_or("").to_owned();
-        self.gateways.with_gateway(gw, |c| async move { c.draft_policy(&ws(), sb, &filter).await }).await
+        let draft = self.gateways.with_gateway(gw, |c| async move { c.draft_policy(&ws(), sb, &filter).await }).await?;
+        for chunk in draft.chunks.iter().filter(|c| c.status == "pending") {
+            if self.first_time(&format!("pending/{gw}/{sb}/{}", chunk.id)) {
+                self.events.publish(Event::ApprovalPending {
+                    gateway: gw.to_string(),
+                    sandbox: sb.to_string(),
+                    chunk_id: chunk.id.clone(),
+                });
+            }
+        }
+        Ok(draft)
+    }
+
+    /// True the first time `key` is seen by this process.
+    fn first_time(&self, key: &str) -> bool {
+        let mut seen = self.announced.lock().expect("announced lock");
+        // A long-lived server forgets old announcements rather than grow.
+        if seen.len() > 100_000 {
+            seen.clear();
+        }
+        seen.insert(key.to_owned())
     }
 
     pub async fn pending(&self, gw: &GatewayName, sb: &SandboxName) -> Result<Vec<DraftChunk>> {
@@ -244,7 +270,7 @@ impl ApprovalService {
         let store = self.gateways.store();
         let wf = store.get_workflow(gw.as_str(), sb.as_str()).await?;
         let votes = store.votes(gw.as_str(), sb.as_str(), chunk_id).await?;
-        let required = wf.map_or(1, |w| w.required_approvals);
+        let required = wf.as_ref().map_or(1, |w| w.required_approvals);
         let approvals =
             u32::try_from(votes.iter().filter(|v| v.decision == Decision::Approve).count()).unwrap_or(u32::MAX);
         let rejections =
@@ -254,6 +280,17 @@ impl ApprovalService {
             Some(Decision::Reject) => "rejected",
             None => "pending",
         };
+        let waiting = votes.iter().map(|v| v.at).min().map(|first| (Utc::now() - first).num_minutes());
+        let escalated = outcome == "pending"
+            && matches!((wf.as_ref().and_then(|w| w.escalation_timeout_minutes), waiting), (Some(limit), Some(w)) if w >= i64::from(limit));
+        if escalated && self.first_time(&format!("escalated/{gw}/{sb}/{chunk_id}")) {
+            self.events.publish(Event::ApprovalEscalated {
+                gateway: gw.to_string(),
+                sandbox: sb.to_string(),
+                chunk_id: chunk_id.to_owned(),
+                waiting_minutes: waiting.unwrap_or_default(),
+            });
+        }
         Ok(Tally {
             chunk_id: chunk_id.to_owned(),
             required_approvals: required,
@@ -261,6 +298,7 @@ impl ApprovalService {
             rejections,
             votes_needed: required.saturating_sub(approvals),
             outcome: outcome.to_owned(),
+            escalated,
             votes,
         })
     }
@@ -309,6 +347,22 @@ impl ApprovalService {
 
     // ------------------------------------------------------------ decisions
 
+    /// The chunk as it is now: `Ok` when pending, `Err` when already
+    /// approved; anything else (rejected, gone) is a conflict.
+    async fn approvable(
+        &self,
+        gw: &GatewayName,
+        sb: &SandboxName,
+        chunk_id: &str,
+    ) -> Result<std::result::Result<DraftChunk, DraftChunk>> {
+        let chunk = self.chunk(gw, sb, chunk_id).await?.ok_or_else(|| gone(chunk_id))?;
+        match chunk.status.as_str() {
+            "pending" => Ok(Ok(chunk)),
+            "approved" => Ok(Err(chunk)),
+            other => Err(conflict(format!("chunk {chunk_id} is {other}, not pending; it cannot be approved"))),
+        }
+    }
+
     /// Approves a chunk (or votes for it under a workflow).
     pub async fn approve(
         &self,
@@ -319,13 +373,10 @@ impl ApprovalService {
         wait_loaded: bool,
     ) -> Result<ApproveOutcome> {
         self.policies.check_pin(gw, sb).await?;
-        let chunk = self.chunk(gw, sb, chunk_id).await?.ok_or_else(|| gone(chunk_id))?;
-        if chunk.status == "approved" {
-            return Ok(ApproveOutcome::AlreadyApproved { chunk: Box::new(chunk) });
-        }
-        if chunk.status != "pending" {
-            return Err(conflict(format!("chunk {chunk_id} is {}, not pending; it cannot be approved", chunk.status)));
-        }
+        let chunk = match self.approvable(gw, sb, chunk_id).await? {
+            Ok(pending) => pending,
+            Err(approved) => return Ok(ApproveOutcome::AlreadyApproved { chunk: Box::new(approved) }),
+        };
         if let Some(wf) = self.workflow(gw, sb).await? {
             let tally = self.vote(actor, gw, sb, &wf, chunk_id, (Decision::Approve, None)).await?;
             if tally.approvals < wf.required_approvals {
@@ -360,15 +411,10 @@ impl ApprovalService {
         let mut attempt = 0;
         let version = loop {
             attempt += 1;
-            let Some(chunk) = self.chunk(gw, sb, chunk_id).await? else {
-                return Err(gone(chunk_id));
+            let chunk = match self.approvable(gw, sb, chunk_id).await? {
+                Ok(pending) => pending,
+                Err(approved) => return Ok(ApproveOutcome::AlreadyApproved { chunk: Box::new(approved) }),
             };
-            if chunk.status == "approved" {
-                return Ok(ApproveOutcome::AlreadyApproved { chunk: Box::new(chunk) });
-            }
-            if chunk.status != "pending" {
-                return Err(conflict(format!("chunk {chunk_id} is {}, not pending", chunk.status)));
-            }
             let token = chunk.review_token.clone();
             let sent = self
                 .gateways

@@ -172,17 +172,7 @@ impl AuditService {
                 if e.prev_hash != prev_hash {
                     return Ok(bad("does not link to the entry before it"));
                 }
-                let new = NewAuditEntry {
-                    actor: e.actor.clone(),
-                    role: e.role.clone(),
-                    client_ip: e.client_ip.clone(),
-                    action: e.action.clone(),
-                    resource_type: e.resource_type.clone(),
-                    resource_id: e.resource_id.clone(),
-                    gateway: e.gateway.clone(),
-                    detail: e.detail.clone(),
-                };
-                if audit_hash(&key, e.seq, &new, &e.id, e.at, &e.prev_hash) != e.hash {
+                if audit_hash(&key, e.seq, &e.content(), &e.id, e.at, &e.prev_hash) != e.hash {
                     return Ok(bad("its content does not match its MAC (edited after it was written)"));
                 }
                 prev_hash.clone_from(&e.hash);

@@ -9,10 +9,37 @@ use tokio::sync::broadcast;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    PolicyUpdated { gateway: String, sandbox: String, version: u32, policy_hash: String },
-    ApprovalPending { gateway: String, sandbox: String, chunk_id: String },
-    ApprovalApproved { gateway: String, sandbox: String, chunk_id: String, actor: String },
-    ApprovalRejected { gateway: String, sandbox: String, chunk_id: String, actor: String },
+    PolicyUpdated {
+        gateway: String,
+        sandbox: String,
+        version: u32,
+        policy_hash: String,
+    },
+    ApprovalPending {
+        gateway: String,
+        sandbox: String,
+        chunk_id: String,
+    },
+    /// A chunk under a workflow has waited for votes longer than the
+    /// workflow's escalation timeout.
+    ApprovalEscalated {
+        gateway: String,
+        sandbox: String,
+        chunk_id: String,
+        waiting_minutes: i64,
+    },
+    ApprovalApproved {
+        gateway: String,
+        sandbox: String,
+        chunk_id: String,
+        actor: String,
+    },
+    ApprovalRejected {
+        gateway: String,
+        sandbox: String,
+        chunk_id: String,
+        actor: String,
+    },
 }
 
 /// A broadcast channel of [`Event`]s. Cheap to clone.

@@ -35,8 +35,15 @@ fn person(name: &str, role: &str) -> Actor {
 async fn injected_denials_are_pending_chunks_with_their_context() {
     let f = fixture().await;
     let svc = approvals(&f);
+    let mut events = f.events.subscribe();
     let id = deny(&f, "api.openai.com", 443);
     let pending = svc.pending(&f.gw, &f.sandbox).await.unwrap();
+    svc.pending(&f.gw, &f.sandbox).await.unwrap();
+    match events.try_recv().unwrap() {
+        breakwater_services::Event::ApprovalPending { chunk_id, .. } => assert_eq!(chunk_id, id),
+        other => panic!("{other:?}"),
+    }
+    assert!(events.try_recv().is_err(), "announced once");
     assert_eq!(pending.len(), 1);
     let c = &pending[0];
     assert_eq!(c.id, id);
@@ -318,5 +325,34 @@ async fn gitops_apply_under_a_workflow_is_a_proposal_applied_once_at_quorum() {
         other @ ApplyOutcome::VoteRecorded { .. } => panic!("{other:?}"),
     }
     assert_eq!(f.revision_count().await, revisions + 1);
+    f.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_chunk_waiting_past_the_escalation_timeout_is_flagged_once() {
+    let f = fixture().await;
+    let svc = approvals(&f);
+    svc.set_workflow(&admin(), &f.gw, &f.sandbox, wf(2, &[], Some(1))).await.unwrap();
+    let id = deny(&f, "api.openai.com", 443);
+    svc.approve(&person("alice", "operator"), &f.gw, &f.sandbox, &id, false).await.unwrap();
+    assert!(!svc.tally(&f.gw, &f.sandbox, &id).await.unwrap().escalated);
+    // Alice voted two minutes ago (as far as the store knows).
+    let old = breakwater_domain::approval::Vote {
+        chunk_id: id.clone(),
+        actor: "alice".into(),
+        role: "operator".into(),
+        decision: breakwater_domain::approval::Decision::Approve,
+        reason: None,
+        at: chrono::Utc::now() - chrono::Duration::minutes(2),
+    };
+    f.store.store.put_vote(f.gw.as_str(), f.sandbox.as_str(), &old).await.unwrap();
+    let mut events = f.events.subscribe();
+    assert!(svc.tally(&f.gw, &f.sandbox, &id).await.unwrap().escalated);
+    assert!(svc.tally(&f.gw, &f.sandbox, &id).await.unwrap().escalated);
+    assert!(matches!(
+        events.try_recv().unwrap(),
+        breakwater_services::Event::ApprovalEscalated { waiting_minutes: 2, .. }
+    ));
+    assert!(events.try_recv().is_err(), "announced once");
     f.sim.shutdown().await;
 }

@@ -371,21 +371,7 @@ macro_rules! impl_store {
                 .await?;
                 sqlx::query("UPDATE audit_chain SET head_hash = $1 WHERE id = 1").bind(&hash).execute(&mut *tx).await?;
                 tx.commit().await?;
-                Ok(AuditEntry {
-                    seq,
-                    id,
-                    at,
-                    actor: e.actor.clone(),
-                    role: e.role.clone(),
-                    client_ip: e.client_ip.clone(),
-                    action: e.action.clone(),
-                    resource_type: e.resource_type.clone(),
-                    resource_id: e.resource_id.clone(),
-                    gateway: e.gateway.clone(),
-                    detail: e.detail.clone(),
-                    prev_hash,
-                    hash,
-                })
+                Ok(e.clone().chained(seq, id, at, prev_hash, hash))
             }
 
             async fn list_audit(&self, f: &AuditFilter, limit: u32, offset: u32) -> Result<(Vec<AuditEntry>, u64)> {
