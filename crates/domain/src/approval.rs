@@ -38,8 +38,11 @@ pub struct DraftChunk {
 
 impl DraftChunk {
     #[must_use]
+    /// Flagged by the gateway, or by Breakwater's own look at the proposed
+    /// rule (which also covers a rule edited after the gateway's notes).
     pub fn is_security_flagged(&self) -> bool {
         !self.security_notes.trim().is_empty()
+            || self.proposed_rule.as_ref().is_some_and(|r| !crate::policy_check::security_concerns(r).is_empty())
     }
 }
 

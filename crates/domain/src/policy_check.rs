@@ -131,6 +131,36 @@ fn valid_rule_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What a reviewer should know before allowing `rule`, computed by
+/// Breakwater itself (the gateway's own notes can be stale after an edit):
+/// private or loopback addresses, and well-known database ports.
+#[must_use]
+pub fn security_concerns(rule: &crate::policy::NetworkRule) -> Vec<String> {
+    let mut out = Vec::new();
+    let private = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local() || v4.is_unspecified(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+    };
+    for e in &rule.endpoints {
+        let host = e.host.trim_start_matches('[').trim_end_matches(']');
+        if host.parse::<IpAddr>().is_ok_and(private) || host == "localhost" {
+            out.push(format!("{} is a private or loopback address", e.host));
+        }
+        for ip in &e.allowed_ips {
+            let addr = ip.split('/').next().unwrap_or_default();
+            if addr.parse::<IpAddr>().is_ok_and(private) {
+                out.push(format!("allowed_ips {ip} opens a private range"));
+            }
+        }
+        for port in std::iter::once(e.port).chain(e.ports.iter().copied()) {
+            if matches!(port, 22 | 1433 | 3306 | 5432 | 6379 | 9200 | 11211 | 27017) {
+                out.push(format!("port {port} is a well-known database or remote-access port"));
+            }
+        }
+    }
+    out
+}
+
 fn valid_cidr(raw: &str) -> bool {
     let (ip, prefix) = match raw.split_once('/') {
         Some((ip, p)) => (ip, Some(p)),
@@ -161,6 +191,10 @@ fn check_endpoint(c: &mut Checker, at: &str, e: &NetworkEndpoint) {
         if *p == 0 || *p > 65_535 {
             c.bad(format!("{at}.ports[{i}]"), "must be 1-65535");
         }
+    }
+    if !e.protocol.is_empty() && !e.protocol.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        c.bad(format!("{at}.protocol"), format!("{:?} is not a protocol name (rest, tcp, grpc, ...)", e.protocol));
     }
     if e.protocol == "tcp" {
         if e.port == 0 && e.ports.is_empty() {
@@ -215,6 +249,8 @@ impl Policy {
                 if let Ok(h) = normalise_host(&e.host) {
                     e.host = h;
                 }
+                // `TCP` and ` tcp` mean tcp: the tcp rules must not be sidestepped by spelling.
+                e.protocol = e.protocol.trim().to_ascii_lowercase();
             }
         }
     }

@@ -35,7 +35,12 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(&format!("{p}/presets/{{preset}}/preview"), get(preview_preset))
         .route("/api/policies/presets", get(list_presets))
         .route("/api/policies/presets/{preset}", get(get_preset))
+        // Policy documents may be up to 4 MiB of YAML, sent inside JSON.
+        .layer(axum::extract::DefaultBodyLimit::max(POLICY_BODY_LIMIT))
 }
+
+/// Policy routes take larger bodies than the rest of the API.
+const POLICY_BODY_LIMIT: usize = 6 * 1024 * 1024;
 
 fn target(gw: &str, name: &str) -> ApiResult<(GatewayName, SandboxName)> {
     let sandbox = SandboxName::parse(name).map_err(|e| ApiError::bad_request("name", e.to_string()))?;
@@ -134,6 +139,15 @@ async fn put_policy(
         }
         other => other,
     };
+    // A full replace removes whatever it does not name: it must at least
+    // name the network rules (`{}` for none), so a stray `{}` or `[]` cannot
+    // wipe a sandbox's policy.
+    if !doc.as_object().is_some_and(|m| m.contains_key("network_policies")) {
+        return Err(ApiError::bad_request(
+            "network_policies",
+            "a full replace must be a policy object with network_policies (use {} to remove every rule)",
+        ));
+    }
     let policy: Policy = serde_json::from_value(doc).map_err(|e| ApiError::bad_request("policy", e.to_string()))?;
     let out = state.policies.update(&actor, &gw, &sb, policy).await?;
     written(&state, &gw, &sb, out).await

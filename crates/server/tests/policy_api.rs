@@ -188,3 +188,35 @@ async fn p14_a_gateway_without_the_call_is_501() {
     assert!(body["detail"].as_str().unwrap().contains("version"), "{body}");
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn review_findings_replace_guards_protocols_and_foreign_exports() {
+    let (app, s) = setup().await;
+    for body in [json!([]), json!({}), json!({"policy": {}})] {
+        let (status, r) = app.put(P, &body).await;
+        assert_eq!(status, 400, "{body}: {r}");
+    }
+    let (status, r) = app.put(P, &json!({"network_policies": {}})).await;
+    assert_eq!(status, 200, "an explicit empty rule set is a real replace: {r}");
+    // `TCP` is tcp: L7 rules on it are refused whatever the spelling.
+    let rule = json!({"key": "db", "rule": {"endpoints": [{"host": "db.example.com", "protocol": " TCP", "port": 22, "rules": [{"allow": {"method": "GET", "path": "/"}}]}]}});
+    let (status, r) = app.post(&format!("{P}/network-rules"), &rule).await;
+    assert_eq!(status, 400, "{r}");
+    let bogus =
+        json!({"key": "b", "rule": {"endpoints": [{"host": "b.example.com", "protocol": "tcp/ip", "port": 1}]}});
+    assert_eq!(app.post(&format!("{P}/network-rules"), &bogus).await.0, 400);
+    // Another sandbox's export is refused here.
+    let (_, export) = app.get(&format!("{P}/export")).await;
+    let foreign = export["yaml"].as_str().unwrap().replace("sandbox: agent-1", "sandbox: agent-2");
+    let (status, r) = app.post(&format!("{P}/apply"), &json!({"yaml": foreign, "dry_run": true})).await;
+    assert_eq!(status, 400, "{r}");
+    assert!(r["detail"].as_str().unwrap().contains("agent-2"), "{r}");
+    // Policies larger than the general 1 MiB body limit are accepted here.
+    let mut rules = serde_json::Map::new();
+    for i in 0..9000 {
+        rules.insert(format!("r{i}"), json!({"endpoints": [{"host": format!("h{i}.example.com"), "port": 443}]}));
+    }
+    let (status, r) = app.put(P, &json!({"network_policies": rules})).await;
+    assert_ne!(status, 413, "{r}");
+    s.shutdown().await;
+}

@@ -208,6 +208,8 @@ impl ApprovalService {
     ) -> Result<ApprovalWorkflow> {
         let WorkflowSettings { required_approvals, required_roles, distinct_actors, escalation_timeout_minutes } =
             settings;
+        // A workflow for a sandbox that does not exist protects nothing.
+        self.gateways.with_gateway(gw, |c| async move { c.get_sandbox(&ws(), sb).await }).await?;
         if !(1..=20).contains(&required_approvals) {
             return Err(ServiceError::Invalid { field: "required_approvals".into(), message: "1 to 20".into() });
         }
@@ -409,7 +411,7 @@ impl ApprovalService {
         wait_loaded: bool,
     ) -> Result<ApproveOutcome> {
         let mut attempt = 0;
-        let version = loop {
+        let (version, rule) = loop {
             attempt += 1;
             let chunk = match self.approvable(gw, sb, chunk_id).await? {
                 Ok(pending) => pending,
@@ -421,7 +423,7 @@ impl ApprovalService {
                 .with_gateway(gw, |c| async move { c.approve_chunk(&ws(), sb, chunk_id, &token).await })
                 .await;
             match sent {
-                Ok(v) => break v,
+                Ok(v) => break (v, chunk.proposed_rule),
                 // The policy changed since the draft was read: its token is stale.
                 Err(ServiceError::Gateway(GatewayError::FailedPrecondition { .. })) if attempt == 1 => {}
                 Err(ServiceError::Gateway(GatewayError::FailedPrecondition { message, .. })) => {
@@ -432,7 +434,13 @@ impl ApprovalService {
                 Err(e) => return Err(e),
             }
         };
-        self.after_decision(actor, gw, sb, chunk_id, "approved").await;
+        let detail = serde_json::json!({
+            "sandbox": sb.as_str(),
+            "rule": rule,
+            "policy_version": version.policy_version,
+            "policy_hash": version.policy_hash,
+        });
+        self.after_decision_with(actor, gw, sb, chunk_id, "approved", detail).await;
         self.events.publish(Event::ApprovalApproved {
             gateway: gw.to_string(),
             sandbox: sb.to_string(),
@@ -450,6 +458,18 @@ impl ApprovalService {
     }
 
     async fn after_decision(&self, actor: &Actor, gw: &GatewayName, sb: &SandboxName, chunk_id: &str, action: &str) {
+        self.after_decision_with(actor, gw, sb, chunk_id, action, serde_json::json!({"sandbox": sb.as_str()})).await;
+    }
+
+    async fn after_decision_with(
+        &self,
+        actor: &Actor,
+        gw: &GatewayName,
+        sb: &SandboxName,
+        chunk_id: &str,
+        action: &str,
+        detail: serde_json::Value,
+    ) {
         let record = ChunkAction {
             chunk_id: chunk_id.to_owned(),
             action: action.to_owned(),
@@ -461,14 +481,7 @@ impl ApprovalService {
         }
         self.gateways
             .audit()
-            .log(
-                actor,
-                &format!("approval.{action}"),
-                "draft_chunk",
-                chunk_id,
-                Some(gw.as_str()),
-                serde_json::json!({"sandbox": sb.as_str()}),
-            )
+            .log(actor, &format!("approval.{action}"), "draft_chunk", chunk_id, Some(gw.as_str()), detail)
             .await;
     }
 
@@ -549,7 +562,8 @@ impl ApprovalService {
         self.gateways
             .with_gateway(gw, |c| async move { c.reject_chunk(&ws(), sb, chunk_id, &reason_owned).await })
             .await?;
-        self.after_decision(actor, gw, sb, chunk_id, "rejected").await;
+        let detail = serde_json::json!({"sandbox": sb.as_str(), "reason": reason});
+        self.after_decision_with(actor, gw, sb, chunk_id, "rejected", detail).await;
         self.events.publish(Event::ApprovalRejected {
             gateway: gw.to_string(),
             sandbox: sb.to_string(),
@@ -599,13 +613,36 @@ impl ApprovalService {
             }
             return Ok(out);
         }
-        let pending: Vec<String> = self
-            .pending(gw, sb)
-            .await?
-            .into_iter()
-            .filter(|c| include_security_flagged || !c.is_security_flagged())
-            .map(|c| c.id)
-            .collect();
+        let all = self.pending(gw, sb).await?;
+        let pending: Vec<String> =
+            all.iter().filter(|c| include_security_flagged || !c.is_security_flagged()).map(|c| c.id.clone()).collect();
+        let gateway_would =
+            all.iter().filter(|c| include_security_flagged || c.security_notes.trim().is_empty()).count();
+        if gateway_would != pending.len() {
+            // Breakwater flags a chunk the gateway does not (an edited rule,
+            // say): approve the selection one by one instead of in bulk.
+            let mut out = BulkOutcome {
+                approved: 0,
+                skipped: u32::try_from(all.len() - pending.len()).unwrap_or(u32::MAX),
+                voted: 0,
+                policy_version: 0,
+                policy_hash: String::new(),
+                loaded: None,
+            };
+            for id in &pending {
+                if let ApproveOutcome::Approved { policy_version, policy_hash, .. } =
+                    self.approve_upstream(actor, gw, sb, id, false).await?
+                {
+                    out.approved += 1;
+                    out.policy_version = policy_version;
+                    out.policy_hash = policy_hash;
+                }
+            }
+            if wait_loaded && out.policy_version > 0 {
+                out.loaded = Some(self.wait_loaded(gw, sb, out.policy_version).await?);
+            }
+            return Ok(out);
+        }
         let result = self
             .gateways
             .with_gateway(gw, |c| async move { c.approve_all_chunks(&ws(), sb, include_security_flagged).await })
@@ -638,20 +675,30 @@ impl ApprovalService {
         chunk_id: &str,
         rule: NetworkRule,
     ) -> Result<()> {
-        let key = if rule.name.is_empty() { "proposed".to_owned() } else { rule.name.clone() };
+        let chunk = self.chunk(gw, sb, chunk_id).await?.ok_or_else(|| gone(chunk_id))?;
+        if chunk.status != "pending" {
+            return Err(conflict(format!("chunk {chunk_id} is {}; only pending chunks can be edited", chunk.status)));
+        }
+        let bad = |message: String| ServiceError::Invalid { field: "proposed_rule".into(), message };
+        if rule.endpoints.is_empty() {
+            return Err(bad("a proposed rule needs at least one endpoint".into()));
+        }
+        // The rule keeps its name unless the edit gives another.
+        let key = if rule.name.is_empty() { chunk.rule_name.clone() } else { rule.name.clone() };
         let mut check = Policy::default();
-        check.network_policies.insert(key, rule.clone());
+        check.network_policies.insert(key.clone(), NetworkRule { name: key.clone(), ..rule });
         check.normalise();
         check.validate().map_err(|v| ServiceError::Invalid {
-            field: v
-                .0
-                .first()
-                .map_or_else(|| "proposed_rule".into(), |f| f.field.replacen("network_policies", "proposed_rule", 1)),
+            field: v.0.first().map_or_else(
+                || "proposed_rule".into(),
+                |f| f.field.replacen(&format!("network_policies.{key}"), "proposed_rule", 1),
+            ),
             message: v.to_string(),
         })?;
-        let rule = check.network_policies.into_values().next().unwrap_or(rule);
+        let rule = check.network_policies.remove(&key).ok_or_else(|| bad("empty rule".into()))?;
+        let detail = serde_json::json!({"sandbox": sb.as_str(), "rule": rule});
         self.gateways.with_gateway(gw, |c| async move { c.edit_chunk(&ws(), sb, chunk_id, &rule).await }).await?;
-        self.after_decision(actor, gw, sb, chunk_id, "edited").await;
+        self.after_decision_with(actor, gw, sb, chunk_id, "edited", detail).await;
         Ok(())
     }
 
@@ -710,7 +757,17 @@ impl ApprovalService {
     }
 
     pub async fn clear(&self, actor: &Actor, gw: &GatewayName, sb: &SandboxName) -> Result<u32> {
+        let pending = self.pending(gw, sb).await?;
         let n = self.gateways.with_gateway(gw, |c| async move { c.clear_chunks(&ws(), sb).await }).await?;
+        // So that history credits the clear to this person, per chunk and as a whole.
+        let now = Utc::now();
+        let ids = pending.iter().map(|c| c.id.clone()).chain(std::iter::once(String::new()));
+        for chunk_id in ids {
+            let record = ChunkAction { chunk_id, action: "cleared".into(), actor: actor.name.clone(), at: now };
+            if let Err(e) = self.gateways.store().record_chunk_action(gw.as_str(), sb.as_str(), &record).await {
+                tracing::warn!(error = %e, "could not record the clear");
+            }
+        }
         self.gateways
             .audit()
             .log(

@@ -490,6 +490,17 @@ impl PolicyService {
     {
         if !dry_run {
             self.check_pin(gw, sandbox).await?;
+            // Under a workflow, changes are proposals others vote on; a direct
+            // edit would let one person bypass them. (GitOps apply reaches
+            // here only once its proposal has quorum.)
+            if action != "policy.apply"
+                && self.gateways.store().get_workflow(gw.as_str(), sandbox.as_str()).await?.is_some()
+            {
+                return Err(precondition(format!(
+                    "{gw}/{sandbox} has an approval workflow: propose the change with POST …/policy/apply \
+                     (approvers apply the same document), or remove the workflow first"
+                )));
+            }
         }
         let mut attempt = 0;
         loop {
@@ -519,6 +530,17 @@ impl PolicyService {
                 });
             }
             let change = match merge_ops(&current.policy, &new) {
+                // Different only in ways that mean the same (an empty section
+                // against none): nothing to send.
+                Some(ops) if ops.is_empty() => {
+                    return Ok(WriteOutcome {
+                        status: WriteStatus::UpToDate,
+                        version: current.version,
+                        policy_hash: current.policy_hash,
+                        diff: d,
+                        text_diff: String::new(),
+                    });
+                }
                 Some(ops) => ConfigChange::Merge(ops),
                 None => ConfigChange::ReplacePolicy(new.clone()),
             };
@@ -721,7 +743,22 @@ impl PolicyService {
         dry_run: bool,
         expected: Option<&str>,
     ) -> Result<WriteOutcome> {
-        let (doc, doc_hash) = parse_document(yaml)?;
+        let (doc, meta) = parse_document(yaml)?;
+        // An export names its sandbox: applying it to another is a mistake.
+        for (key, mine) in [("gateway", gw.as_str()), ("sandbox", sandbox.as_str())] {
+            if let Some(theirs) = meta.as_ref().and_then(|m| m.get(key)).and_then(serde_json::Value::as_str)
+                && theirs != mine
+            {
+                return Err(ServiceError::Invalid {
+                    field: "yaml".into(),
+                    message: format!(
+                        "this document was exported from {key} {theirs:?}, not {mine:?}; remove its metadata block to apply it here on purpose"
+                    ),
+                });
+            }
+        }
+        let doc_hash =
+            meta.as_ref().and_then(|m| m.get("policy_hash")).and_then(serde_json::Value::as_str).map(str::to_owned);
         // An exported document carries the hash it was exported at: applying
         // it is guarded by that etag unless the caller gives another.
         let expected = expected.filter(|e| !e.is_empty()).or(doc_hash.as_deref());
@@ -769,7 +806,7 @@ impl PolicyService {
 
 /// An export document (`metadata` + `policy`, with the exported hash) or a
 /// bare policy.
-fn parse_document(yaml: &str) -> Result<(Policy, Option<String>)> {
+fn parse_document(yaml: &str) -> Result<(Policy, Option<serde_json::Value>)> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Doc {
@@ -787,13 +824,7 @@ fn parse_document(yaml: &str) -> Result<(Policy, Option<String>)> {
         o.alias_limits.max_alias_expansions_per_anchor = 100;
         let doc: Doc = serde_saphyr::from_str_with_options(yaml, o)
             .map_err(|e| bad(breakwater_domain::sanitize(&e.to_string(), 500)))?;
-        let hash = doc
-            .metadata
-            .as_ref()
-            .and_then(|m| m.get("policy_hash"))
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned);
-        return Ok((doc.policy, hash));
+        return Ok((doc.policy, doc.metadata));
     }
     Ok((Policy::from_yaml(yaml).map_err(|e| bad(e.to_string()))?, None))
 }

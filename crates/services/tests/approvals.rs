@@ -356,3 +356,46 @@ async fn a_chunk_waiting_past_the_escalation_timeout_is_flagged_once() {
     assert!(events.try_recv().is_err(), "announced once");
     f.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn review_findings_edits_workflows_and_clears() {
+    let f = fixture().await;
+    let svc = approvals(&f);
+    // An edit keeps the chunk's rule name and is re-checked for security:
+    // approve-all skips a chunk edited to a database port on a private address.
+    let id = deny(&f, "files.example.com", 443);
+    let name_before = svc.pending(&f.gw, &f.sandbox).await.unwrap()[0].rule_name.clone();
+    let sneaky = NetworkRule {
+        name: String::new(),
+        endpoints: vec![NetworkEndpoint { host: "10.0.0.5".into(), port: 5432, ..Default::default() }],
+        binaries: vec![],
+    };
+    svc.edit(&admin(), &f.gw, &f.sandbox, &id, sneaky).await.unwrap();
+    let chunk = svc.pending(&f.gw, &f.sandbox).await.unwrap().remove(0);
+    assert_eq!(chunk.rule_name, name_before, "the edit kept the rule's name");
+    assert!(chunk.is_security_flagged(), "Breakwater flags the edited rule itself");
+    let clean = deny(&f, "pypi.org", 443);
+    let out = svc.approve_all(&admin(), &f.gw, &f.sandbox, false, false).await.unwrap();
+    assert_eq!((out.approved, out.skipped), (1, 1), "{out:?}");
+    assert_eq!(svc.pending(&f.gw, &f.sandbox).await.unwrap()[0].id, id);
+    let _ = clean;
+    let empty = NetworkRule::default();
+    assert!(matches!(svc.edit(&admin(), &f.gw, &f.sandbox, &id, empty).await, Err(ServiceError::Invalid { .. })));
+
+    // A workflow for a sandbox that does not exist is refused.
+    let missing = breakwater_domain::SandboxName::parse("nope").unwrap();
+    assert!(svc.set_workflow(&admin(), &f.gw, &missing, wf(2, &[], None)).await.is_err());
+    // Under a workflow, direct policy edits are refused: changes are proposals.
+    svc.set_workflow(&admin(), &f.gw, &f.sandbox, wf(2, &[], None)).await.unwrap();
+    let err =
+        f.policies.add_network_rule(&admin(), &f.gw, &f.sandbox, "x", common::rule("x.example.com")).await.unwrap_err();
+    assert!(matches!(&err, ServiceError::Precondition { message } if message.contains("approval workflow")), "{err:?}");
+    svc.delete_workflow(&admin(), &f.gw, &f.sandbox).await.unwrap();
+
+    // A clear is credited to the person who cleared.
+    svc.clear(&person("carol", "operator"), &f.gw, &f.sandbox).await.unwrap();
+    let history = svc.history(&f.gw, &f.sandbox).await.unwrap();
+    let cleared: Vec<_> = history.iter().filter(|h| h.event.event_type == "cleared").collect();
+    assert!(!cleared.is_empty() && cleared.iter().all(|h| h.actor == "carol"), "{history:?}");
+    f.sim.shutdown().await;
+}
