@@ -72,6 +72,11 @@ pub fn normalise_host(raw: &str) -> Result<String, String> {
         return Err("must not be empty".into());
     }
     let host = trimmed.strip_suffix('.').unwrap_or(trimmed).to_ascii_lowercase();
+    // `[::1]` is how people write IPv6 literals; the gateway wants the address.
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(inner) if inner.parse::<std::net::Ipv6Addr>().is_ok() => inner.to_owned(),
+        _ => host,
+    };
     if host.is_empty() || host.ends_with('.') {
         return Err(format!("{raw:?} is not a host name"));
     }
@@ -92,6 +97,9 @@ pub fn normalise_host(raw: &str) -> Result<String, String> {
         if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*' || b == b'_') {
             return Err(format!("{raw:?} may contain only letters, digits, '-', '_', '.' and wildcards"));
         }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("{raw:?}: a label may not start or end with '-'"));
+        }
         if label.contains('*') {
             if i != 0 {
                 return Err(format!("{raw:?}: a wildcard may appear only in the leftmost label"));
@@ -100,6 +108,13 @@ pub fn normalise_host(raw: &str) -> Result<String, String> {
                 return Err(format!("{raw:?}: '**' must be a whole label (e.g. **.example.com)"));
             }
         }
+    }
+    let numeric = |l: &&str| l.bytes().all(|b| b.is_ascii_digit());
+    if labels.iter().all(numeric) {
+        return Err(format!("{raw:?} looks like an IPv4 address but is not one"));
+    }
+    if labels.len() > 1 && labels[0].contains('*') && labels[1..].iter().all(numeric) {
+        return Err(format!("{raw:?}: wildcards apply to names, not to IP addresses; use allowed_ips for ranges"));
     }
     if labels[0].contains('*') {
         if labels.len() == 1 {
@@ -398,6 +413,15 @@ mod tests {
         let v = first_violation(&policy_with("_provider_github", host("api.github.com")));
         assert_eq!(v.field, "network_policies._provider_github");
         assert!(v.message.contains("reserved"));
+    }
+
+    #[test]
+    fn malformed_names_and_wildcards_over_addresses_are_refused() {
+        for bad in ["-dash.example.com", "dash-.example.com", "999.999.999.999", "*.0.0.1", "*.10.0.0.1"] {
+            assert!(normalise_host(bad).is_err(), "{bad}");
+        }
+        assert_eq!(normalise_host("[::1]").unwrap(), "::1");
+        assert_eq!(normalise_host("10.0.0.1").unwrap(), "10.0.0.1");
     }
 
     #[test]

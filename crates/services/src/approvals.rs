@@ -120,8 +120,9 @@ fn ws() -> WorkspaceName {
 /// A chunk that is not (or no longer) in the draft: a conflict with what
 /// the caller last saw, not a bad URL.
 fn gone(chunk_id: &str) -> ServiceError {
+    let shown = breakwater_domain::sanitize(chunk_id, 64);
     conflict(format!(
-        "chunk {chunk_id} is not in the draft: the gateway withdrew, replaced or cleared it; reload the inbox"
+        "chunk {shown} is not in the draft: the gateway withdrew, replaced or cleared it; reload the inbox"
     ))
 }
 
