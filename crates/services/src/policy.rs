@@ -510,7 +510,10 @@ impl PolicyService {
             let d = diff(&current.policy, &new);
             let mut comparable = new.clone();
             comparable.version = current.policy.version;
-            if comparable.fingerprint() == current.policy.fingerprint() {
+            let ops = merge_ops(&current.policy, &new);
+            // Equal, or different only in ways that mean the same (an empty
+            // section against none): nothing to send.
+            if comparable.fingerprint() == current.policy.fingerprint() || ops.as_ref().is_some_and(Vec::is_empty) {
                 return Ok(WriteOutcome {
                     status: WriteStatus::UpToDate,
                     version: current.version,
@@ -529,18 +532,7 @@ impl PolicyService {
                     text_diff: text,
                 });
             }
-            let change = match merge_ops(&current.policy, &new) {
-                // Different only in ways that mean the same (an empty section
-                // against none): nothing to send.
-                Some(ops) if ops.is_empty() => {
-                    return Ok(WriteOutcome {
-                        status: WriteStatus::UpToDate,
-                        version: current.version,
-                        policy_hash: current.policy_hash,
-                        diff: d,
-                        text_diff: String::new(),
-                    });
-                }
+            let change = match ops {
                 Some(ops) => ConfigChange::Merge(ops),
                 None => ConfigChange::ReplacePolicy(new.clone()),
             };
