@@ -18,7 +18,7 @@ use breakwater_gateway::Gateway;
 use breakwater_server::{AppState, HostGuard};
 use breakwater_services::{
     Actor, ApprovalService, AuditService, EventBus, GatewayService, LocalGatewayManager, LocalTools, MonitorSettings,
-    PolicyService, RegisterGateway,
+    OperationService, PolicyService, RegisterGateway,
 };
 use breakwater_store::{PgStore, SecretCipher, SqliteStore, Store};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -322,6 +322,9 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
     let events = EventBus::default();
     let policies = PolicyService::new(gateways.clone(), events.clone(), presets);
     let approvals = ApprovalService::new(gateways.clone(), policies.clone(), events);
+    // Operations a previous process left active can never finish: say so.
+    let operations = OperationService::new(store.clone());
+    operations.recover_orphans().await.map_err(|e| anyhow::anyhow!("recovering operations: {e}"))?;
     if !args.bind.is_loopback() && args.allowed_hosts.is_empty() {
         tracing::warn!(bind = %args.bind, "listening beyond loopback without --allowed-host: any Host header is accepted");
     }
@@ -332,6 +335,7 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
         local,
         policies,
         approvals,
+        operations,
         host_guard: args.host_guard(),
         list_cache: Arc::default(),
         monitor: monitor_settings,
@@ -380,8 +384,11 @@ async fn serve(args: ServerArgs, prepared: Option<(Running, tokio::net::TcpListe
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "breakwater listening");
     println!("Breakwater listening on http://{}", listener.local_addr()?);
+    let operations = running.state.operations.clone();
     breakwater_server::serve(listener, running.state, shutdown_signal()).await?;
     running.stop.cancel();
+    // Work still running ends as cancelled rather than as an orphan.
+    operations.shutdown().await;
     let _ = running.monitor.await;
     tracing::info!("breakwater stopped");
     Ok(())

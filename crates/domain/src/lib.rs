@@ -8,6 +8,7 @@ pub mod approval;
 pub mod gateway;
 pub mod labels;
 pub mod names;
+pub mod operation;
 pub mod page;
 pub mod policy;
 pub mod policy_check;

@@ -26,7 +26,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use breakwater_services::{
-    ApprovalService, AuditService, GatewayService, LocalGatewayManager, MonitorSettings, PolicyService,
+    ApprovalService, AuditService, GatewayService, LocalGatewayManager, MonitorSettings, OperationService,
+    PolicyService,
 };
 use breakwater_store::Store;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
@@ -47,6 +48,7 @@ pub struct AppState {
     pub local: LocalGatewayManager,
     pub policies: PolicyService,
     pub approvals: ApprovalService,
+    pub operations: OperationService,
     pub host_guard: HostGuard,
     /// Serialised `GET /api/gateway/list` pages (see `gateway_routes::ListCache`).
     pub list_cache: Arc<gateway_routes::ListCache>,

@@ -9,6 +9,7 @@ pub mod events;
 pub mod gateways;
 pub mod import;
 pub mod local;
+pub mod operations;
 pub mod policy;
 
 use breakwater_domain::DomainError;
@@ -23,6 +24,7 @@ pub use events::{Event, EventBus};
 pub use gateways::{ConnectionTest, GatewayInfoView, GatewayService, MonitorSettings, RegisterGateway};
 pub use import::{ImportProblem, ImportReport, default_openshell_config_dir};
 pub use local::{CreateLocalGateway, Diagnostics, LocalActionResult, LocalError, LocalGatewayManager, LocalTools};
+pub use operations::{NewOperation, OperationService};
 pub use policy::{PolicyService, PolicyView, WriteOutcome, WriteStatus};
 
 /// Who is acting, for authorization decisions and the audit trail.

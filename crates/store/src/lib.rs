@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use breakwater_domain::approval::{ApprovalWorkflow, ChunkAction, Decision, PolicyPin, Vote};
+use breakwater_domain::operation::{Operation, OperationError, OperationStatus};
 use breakwater_domain::registry::{
     AuditEntry, AuditFilter, AuthMode, FieldPatch, GatewayHealth, GatewayMetadataPatch, GatewayName, GatewayRecord,
     GatewayStatus, NewAuditEntry, audit_hash,
@@ -78,6 +79,16 @@ pub struct NewGateway {
     pub metadata: BTreeMap<String, serde_json::Value>,
     pub description: Option<String>,
     pub labels: BTreeMap<String, String>,
+}
+
+/// What [`Store::insert_operation`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OperationInsert {
+    Created,
+    /// The idempotency key was used before: this is that operation.
+    SameKey(Operation),
+    /// The resource already has an active operation: this one.
+    Busy(Operation),
 }
 
 /// Where the audit chain stands: the anchor left by retention and the head
@@ -144,6 +155,29 @@ pub trait Store: Send + Sync {
     async fn outcome(&self, gateway: &str, sandbox: &str, chunk_id: &str) -> Result<Option<Decision>>;
     async fn record_chunk_action(&self, gateway: &str, sandbox: &str, action: &ChunkAction) -> Result<()>;
     async fn chunk_actions(&self, gateway: &str, sandbox: &str) -> Result<Vec<ChunkAction>>;
+
+    // --- long-running operations ---
+    /// Inserts `op` unless its idempotency key was used before (that
+    /// operation comes back) or its resource already has an active one.
+    async fn insert_operation(&self, op: &Operation, idempotency_key: Option<&str>) -> Result<OperationInsert>;
+    async fn get_operation(&self, id: &str) -> Result<Option<Operation>>;
+    async fn get_operation_by_key(&self, idempotency_key: &str) -> Result<Option<Operation>>;
+    /// Writes status, progress, message, result and error (and frees the
+    /// resource when the operation is no longer active).
+    async fn save_operation(&self, op: &Operation) -> Result<()>;
+    /// Newest first.
+    async fn list_operations(
+        &self,
+        status: Option<OperationStatus>,
+        resource_type: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<(Vec<Operation>, u64)>;
+    async fn operation_counts(&self) -> Result<Vec<(OperationStatus, u64)>>;
+    /// Fails every active operation updated before `before` (all of them at
+    /// start: orphans of a previous process).
+    async fn fail_active_operations(&self, before: DateTime<Utc>, code: OperationError, message: &str) -> Result<u64>;
+    async fn delete_finished_operations(&self, before: DateTime<Utc>) -> Result<u64>;
 }
 
 /// How long to keep retrying while the database is not reachable yet.
@@ -653,6 +687,138 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn insert_operation(&self, op: &Operation, idempotency_key: Option<&str>) -> Result<OperationInsert> {
+                let inserted = sqlx::query(
+                    "INSERT INTO operations (id, gateway, resource_type, resource_name, action, status, active_key, \
+                     idempotency_key, progress, message, actor, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+                )
+                .bind(&op.id)
+                .bind(&op.gateway)
+                .bind(&op.resource_type)
+                .bind(&op.resource_name)
+                .bind(&op.action)
+                .bind(op.status.as_str())
+                .bind(op.status.is_active().then(|| op.active_key()))
+                .bind(idempotency_key)
+                .bind(i64::from(op.progress))
+                .bind(&op.message)
+                .bind(&op.actor)
+                .bind(op.created_at.trunc_subsecs(6))
+                .execute(&self.pool)
+                .await;
+                match inserted {
+                    Ok(_) => Ok(OperationInsert::Created),
+                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                        if let Some(key) = idempotency_key
+                            && let Some(existing) = self.get_operation_by_key(key).await?
+                        {
+                            return Ok(OperationInsert::SameKey(existing));
+                        }
+                        let row = sqlx::query(&format!("{OPERATION_SELECT} WHERE active_key = $1"))
+                            .bind(op.active_key())
+                            .fetch_optional(&self.pool)
+                            .await?;
+                        match row {
+                            Some(row) => Ok(OperationInsert::Busy(operation_from_row(&row)?)),
+                            // The other one finished in between: try once more.
+                            None => Err(StoreError::Conflict(format!("operation on {}", op.resource_name))),
+                        }
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn get_operation(&self, id: &str) -> Result<Option<Operation>> {
+                let row = sqlx::query(&format!("{OPERATION_SELECT} WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
+                row.as_ref().map(operation_from_row).transpose()
+            }
+
+            async fn get_operation_by_key(&self, key: &str) -> Result<Option<Operation>> {
+                let row = sqlx::query(&format!("{OPERATION_SELECT} WHERE idempotency_key = $1"))
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(operation_from_row).transpose()
+            }
+
+            async fn save_operation(&self, op: &Operation) -> Result<()> {
+                sqlx::query(
+                    "UPDATE operations SET status = $2, active_key = $3, progress = $4, message = $5, result = $6, \
+                     error_code = $7, error = $8, updated_at = $9 WHERE id = $1",
+                )
+                .bind(&op.id)
+                .bind(op.status.as_str())
+                .bind(op.status.is_active().then(|| op.active_key()))
+                .bind(i64::from(op.progress))
+                .bind(&op.message)
+                .bind(op.result.as_ref().map(Json))
+                .bind(op.error_code.map(OperationError::as_str))
+                .bind(&op.error)
+                .bind(op.updated_at.trunc_subsecs(6))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn list_operations(
+                &self,
+                status: Option<OperationStatus>,
+                resource_type: Option<&str>,
+                limit: u32,
+                offset: u32,
+            ) -> Result<(Vec<Operation>, u64)> {
+                let filter = "WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR resource_type = $2)";
+                let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM operations {filter}"))
+                    .bind(status.map(OperationStatus::as_str))
+                    .bind(resource_type)
+                    .fetch_one(&self.pool)
+                    .await?;
+                let rows = sqlx::query(&format!("{OPERATION_SELECT} {filter} ORDER BY created_at DESC, id LIMIT $3 OFFSET $4"))
+                    .bind(status.map(OperationStatus::as_str))
+                    .bind(resource_type)
+                    .bind(i64::from(limit))
+                    .bind(i64::from(offset))
+                    .fetch_all(&self.pool)
+                    .await?;
+                let items = rows.iter().map(operation_from_row).collect::<Result<Vec<_>>>()?;
+                Ok((items, u64::try_from(total).unwrap_or(0)))
+            }
+
+            async fn operation_counts(&self) -> Result<Vec<(OperationStatus, u64)>> {
+                let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM operations GROUP BY status").fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        let s: String = row.try_get("status")?;
+                        let n: i64 = row.try_get("n")?;
+                        let status = OperationStatus::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("status {s}")))?;
+                        Ok((status, u64::try_from(n).unwrap_or(0)))
+                    })
+                    .collect()
+            }
+
+            async fn fail_active_operations(&self, before: DateTime<Utc>, code: OperationError, message: &str) -> Result<u64> {
+                let done = sqlx::query(
+                    "UPDATE operations SET status = 'failed', active_key = NULL, error_code = $1, error = $2, \
+                     updated_at = $3 WHERE active_key IS NOT NULL AND updated_at < $4",
+                )
+                .bind(code.as_str())
+                .bind(message)
+                .bind(now())
+                .bind(before.trunc_subsecs(6))
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn delete_finished_operations(&self, before: DateTime<Utc>) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM operations WHERE active_key IS NULL AND updated_at < $1")
+                    .bind(before.trunc_subsecs(6))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
             async fn chunk_actions(&self, gateway: &str, sandbox: &str) -> Result<Vec<ChunkAction>> {
                 let rows = sqlx::query(
                     "SELECT chunk_id, action, actor, at FROM chunk_actions WHERE gateway = $1 AND sandbox = $2 \
@@ -772,6 +938,40 @@ const GATEWAY_SELECT: &str = "SELECT name, endpoint, scheme, auth_mode, skip_ser
 const GATEWAY_SELECT_ONE: &str = "SELECT name, endpoint, scheme, auth_mode, skip_server_verification, ca_cert, \
      client_cert, client_key_enc, bearer_token_enc, metadata, description, status, error_code, error, version, \
      checked_at, last_seen, registered_at, updated_at FROM gateways WHERE name = $1";
+const OPERATION_SELECT: &str = "SELECT id, gateway, resource_type, resource_name, action, status, progress, message, \
+     result, error_code, error, actor, created_at, updated_at FROM operations";
+
+fn operation_from_row<R: Row>(row: &R) -> Result<Operation>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    DateTime<Utc>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<Json<serde_json::Value>>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let status: String = row.try_get("status")?;
+    let code: Option<String> = row.try_get("error_code")?;
+    let progress: i64 = row.try_get("progress")?;
+    let result: Option<Json<serde_json::Value>> = row.try_get("result")?;
+    Ok(Operation {
+        id: row.try_get("id")?,
+        gateway: row.try_get("gateway")?,
+        resource_type: row.try_get("resource_type")?,
+        resource_name: row.try_get("resource_name")?,
+        action: row.try_get("action")?,
+        status: OperationStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+        progress: u8::try_from(progress.clamp(0, 100)).unwrap_or(100),
+        message: row.try_get("message")?,
+        result: result.map(|Json(v)| v),
+        error_code: code.as_deref().and_then(OperationError::parse),
+        error: row.try_get("error")?,
+        actor: row.try_get("actor")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
 const AUDIT_SELECT: &str = "SELECT seq, id, at, actor, role, client_ip, action, resource_type, resource_id, gateway, \
      detail, prev_hash, hash FROM audit_log";
 

@@ -52,6 +52,7 @@ pub async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools:
         local,
         policies,
         approvals,
+        operations: breakwater_services::OperationService::new(store.store.clone()),
         host_guard: breakwater_server::HostGuard::loopback(&[]),
         list_cache: std::sync::Arc::default(),
         monitor,

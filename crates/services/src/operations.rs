@@ -1,0 +1,269 @@
+//! Long-running operations: create (one active per resource, enforced by a
+//! unique key in the store, never check-then-insert), idempotency keys
+//! scoped to the caller and the route, progress, completion, cancellation,
+//! recovery of orphans at start and cleanup. Work runs in tracked tasks: a
+//! cancel reaches the task, and shutdown leaves every operation terminal.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use breakwater_domain::operation::{Operation, OperationError, OperationStatus};
+use breakwater_store::{OperationInsert, Store};
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Actor, Result, ServiceError};
+
+/// Messages and results are capped: an operation row is not a log file.
+const MAX_MESSAGE_CHARS: usize = 2_000;
+const MAX_RESULT_BYTES: usize = 64 * 1024;
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct NewOperation<'a> {
+    pub gateway: Option<&'a str>,
+    pub resource_type: &'a str,
+    pub resource_name: &'a str,
+    pub action: &'a str,
+    /// The caller's `Idempotency-Key`, scoped here by actor and route.
+    pub idempotency_key: Option<(&'a str, &'a str)>,
+}
+
+/// Long-running operations. Cheap to clone.
+#[derive(Clone)]
+pub struct OperationService {
+    store: Arc<dyn Store>,
+    tasks: Arc<Mutex<HashMap<String, CancellationToken>>>,
+}
+
+fn capped(message: &str) -> String {
+    breakwater_domain::sanitize(message, MAX_MESSAGE_CHARS)
+}
+
+impl OperationService {
+    #[must_use]
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store, tasks: Arc::default() }
+    }
+
+    /// Creates a pending operation, or returns the one the same idempotency
+    /// key created before. A resource with an active operation is a conflict
+    /// naming that operation.
+    pub async fn create(&self, actor: &Actor, new: NewOperation<'_>) -> Result<Operation> {
+        let now = Utc::now();
+        let op = Operation {
+            id: uuid::Uuid::new_v4().to_string(),
+            gateway: new.gateway.map(str::to_owned),
+            resource_type: new.resource_type.to_owned(),
+            resource_name: new.resource_name.to_owned(),
+            action: new.action.to_owned(),
+            status: OperationStatus::Pending,
+            progress: 0,
+            message: None,
+            result: None,
+            error_code: None,
+            error: None,
+            actor: actor.name.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        // Two users' keys never collide, nor one user's keys on two routes.
+        let key = new.idempotency_key.map(|(route, key)| format!("{}\u{1f}{route}\u{1f}{key}", actor.name));
+        // A unique violation whose holder finished in between is retried once.
+        for _ in 0..2 {
+            match self.store.insert_operation(&op, key.as_deref()).await {
+                Ok(OperationInsert::Created) => return Ok(op),
+                Ok(OperationInsert::SameKey(existing)) => return Ok(existing),
+                Ok(OperationInsert::Busy(existing)) => {
+                    return Err(ServiceError::Precondition {
+                        message: format!(
+                            "{} {} already has an operation in progress ({}, {}); wait for it or cancel it",
+                            existing.resource_type,
+                            existing.resource_name,
+                            existing.id,
+                            existing.status.as_str()
+                        ),
+                    });
+                }
+                Err(breakwater_store::StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Precondition { message: format!("{} is busy; try again", op.resource_name) })
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Operation> {
+        self.store.get_operation(id).await?.ok_or_else(|| ServiceError::NotFound { what: format!("operation {id}") })
+    }
+
+    pub async fn list(
+        &self,
+        status: Option<OperationStatus>,
+        resource_type: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<(Vec<Operation>, u64)> {
+        Ok(self.store.list_operations(status, resource_type, limit.clamp(1, 200), offset).await?)
+    }
+
+    pub async fn status_counts(&self) -> Result<Vec<(OperationStatus, u64)>> {
+        Ok(self.store.operation_counts().await?)
+    }
+
+    async fn update(&self, id: &str, change: impl FnOnce(&mut Operation) -> bool) -> Result<Operation> {
+        let mut op = self.get(id).await?;
+        if change(&mut op) {
+            op.updated_at = Utc::now();
+            self.store.save_operation(&op).await?;
+        }
+        Ok(op)
+    }
+
+    /// pending → running; anything else is left as it is.
+    pub async fn start(&self, id: &str) -> Result<Operation> {
+        self.update(id, |op| {
+            let go = op.status == OperationStatus::Pending;
+            if go {
+                op.status = OperationStatus::Running;
+            }
+            go
+        })
+        .await
+    }
+
+    pub async fn progress(&self, id: &str, percent: u8, message: &str) -> Result<Operation> {
+        self.update(id, |op| {
+            let live = op.status.is_active();
+            if live {
+                op.progress = percent.min(100);
+                op.message = Some(capped(message));
+            }
+            live
+        })
+        .await
+    }
+
+    pub async fn complete(&self, id: &str, result: serde_json::Value) -> Result<Operation> {
+        let text = result.to_string();
+        let result = if text.len() > MAX_RESULT_BYTES {
+            serde_json::json!({"truncated": true, "bytes": text.len()})
+        } else {
+            result
+        };
+        self.update(id, |op| {
+            let live = op.status.is_active();
+            if live {
+                op.status = OperationStatus::Succeeded;
+                op.progress = 100;
+                op.result = Some(result);
+            }
+            live
+        })
+        .await
+    }
+
+    pub async fn fail(&self, id: &str, code: OperationError, message: &str) -> Result<Operation> {
+        self.update(id, |op| {
+            let live = op.status.is_active();
+            if live {
+                op.status = OperationStatus::Failed;
+                op.error_code = Some(code);
+                op.error = Some(capped(message));
+            }
+            live
+        })
+        .await
+    }
+
+    /// Runs `work` as operation `op`'s task: started, then succeeded with
+    /// its result or failed with its error; a cancel stops it.
+    pub fn spawn<F>(&self, op: &Operation, work: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = std::result::Result<serde_json::Value, (OperationError, String)>>
+            + Send
+            + 'static,
+    {
+        let token = CancellationToken::new();
+        self.tasks.lock().expect("tasks lock").insert(op.id.clone(), token.clone());
+        let (this, id) = (self.clone(), op.id.clone());
+        tokio::spawn(async move {
+            let _ = this.start(&id).await;
+            let outcome = tokio::select! {
+                () = token.cancelled() => Err((OperationError::Cancelled, "cancelled".to_owned())),
+                r = work => r,
+            };
+            let saved = match outcome {
+                Ok(result) => this.complete(&id, result).await,
+                Err((code, message)) => this.fail(&id, code, &message).await,
+            };
+            if let Err(e) = saved {
+                tracing::error!(operation = %id, error = %e, "could not record the operation's end");
+            }
+            this.tasks.lock().expect("tasks lock").remove(&id);
+        })
+    }
+
+    #[must_use]
+    pub fn is_running(&self, id: &str) -> bool {
+        self.tasks.lock().expect("tasks lock").contains_key(id)
+    }
+
+    /// pending/running → cancelling, and the task is told to stop (it then
+    /// ends failed/cancelled). Without a live task (e.g. after a restart)
+    /// the operation fails at once.
+    pub async fn cancel(&self, id: &str) -> Result<Operation> {
+        let token = self.tasks.lock().expect("tasks lock").get(id).cloned();
+        match token {
+            Some(token) => {
+                let op = self
+                    .update(id, |op| {
+                        let live = op.status.is_active();
+                        if live {
+                            op.status = OperationStatus::Cancelling;
+                        }
+                        live
+                    })
+                    .await?;
+                token.cancel();
+                Ok(op)
+            }
+            None => self.fail(id, OperationError::Cancelled, "cancelled (no task was running it)").await,
+        }
+    }
+
+    /// At start: operations a previous process left active can never finish.
+    pub async fn recover_orphans(&self) -> Result<u64> {
+        let n = self
+            .store
+            .fail_active_operations(Utc::now(), OperationError::Orphaned, "the server stopped before it finished")
+            .await?;
+        if n > 0 {
+            tracing::warn!(operations = n, "failed operations orphaned by a previous run");
+        }
+        Ok(n)
+    }
+
+    /// Fails operations stuck active longer than `stuck` (with no task of
+    /// ours) and deletes finished ones older than `keep`.
+    pub async fn cleanup(&self, stuck: Duration, keep: Duration) -> Result<(u64, u64)> {
+        let now = Utc::now();
+        let stuck_before = now - chrono::Duration::from_std(stuck).unwrap_or(chrono::Duration::hours(1));
+        let failed = self
+            .store
+            .fail_active_operations(stuck_before, OperationError::Timeout, "no progress for too long")
+            .await?;
+        let keep_before = now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(7));
+        let deleted = self.store.delete_finished_operations(keep_before).await?;
+        Ok((failed, deleted))
+    }
+
+    /// On shutdown: stop every task and leave its operation terminal.
+    pub async fn shutdown(&self) {
+        let ids: Vec<(String, CancellationToken)> = self.tasks.lock().expect("tasks lock").drain().collect();
+        for (id, token) in ids {
+            token.cancel();
+            let _ = self.fail(&id, OperationError::Cancelled, "the server shut down").await;
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! OperationService on SQLite and PostgreSQL: one active operation per
+//! resource, idempotency keys, lifecycle, cancellation, orphans, cleanup.
+
+use std::time::Duration;
+
+use breakwater_domain::operation::{OperationError, OperationStatus};
+use breakwater_services::{Actor, NewOperation, OperationService, ServiceError};
+use breakwater_store::testing::both;
+
+fn person(name: &str) -> Actor {
+    Actor { name: name.into(), role: "operator".into(), client_ip: None }
+}
+
+fn create<'a>(gw: &'a str, name: &'a str, key: Option<&'a str>) -> NewOperation<'a> {
+    NewOperation {
+        gateway: Some(gw),
+        resource_type: "sandbox",
+        resource_name: name,
+        action: "create",
+        idempotency_key: key.map(|k| ("POST /api/gateways/{gw}/sandboxes", k)),
+    }
+}
+
+#[tokio::test]
+async fn s06_one_active_operation_per_resource_but_not_across_gateways() {
+    for t in both().await {
+        let ops = OperationService::new(t.store.clone());
+        let first = ops.create(&person("alice"), create("gw-a", "agent", None)).await.unwrap();
+        let err = ops.create(&person("bob"), create("gw-a", "agent", None)).await.unwrap_err();
+        assert!(matches!(&err, ServiceError::Precondition { message } if message.contains(&first.id)), "{err:?}");
+        // The same name on another gateway, at the same moment: both proceed.
+        let alice = person("alice");
+        let (a, b) = tokio::join!(
+            ops.create(&alice, create("gw-b", "twin", None)),
+            ops.create(&alice, create("gw-c", "twin", None)),
+        );
+        assert!(a.is_ok() && b.is_ok(), "{}: {a:?} {b:?}", t.backend);
+        // Once the first ends, the resource is free again.
+        ops.fail(&first.id, OperationError::Gateway, "nope").await.unwrap();
+        ops.create(&person("bob"), create("gw-a", "agent", None)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn s07_the_same_idempotency_key_at_the_same_moment_gives_one_operation() {
+    for t in both().await {
+        let ops = OperationService::new(t.store.clone());
+        let calls = (0..8).map(|_| {
+            let ops = ops.clone();
+            tokio::spawn(async move { ops.create(&person("alice"), create("gw", "agent", Some("k-1"))).await })
+        });
+        let ids: Vec<String> =
+            futures::future::join_all(calls).await.into_iter().map(|r| r.unwrap().unwrap().id).collect();
+        assert!(ids.windows(2).all(|w| w[0] == w[1]), "{}: {ids:?}", t.backend);
+        // Another user's identical key is another operation (and here a conflict: same resource).
+        let other = ops.create(&person("bob"), create("gw", "agent", Some("k-1"))).await;
+        assert!(matches!(other, Err(ServiceError::Precondition { .. })), "{other:?}");
+    }
+}
+
+#[tokio::test]
+async fn lifecycle_progress_results_counts_and_listing() {
+    for t in both().await {
+        let ops = OperationService::new(t.store.clone());
+        let op = ops.create(&person("alice"), create("gw", "agent", None)).await.unwrap();
+        assert_eq!(op.status, OperationStatus::Pending);
+        let done = ops.spawn(&op, async { Ok(serde_json::json!({"presets": {"pypi": "applied"}})) });
+        done.await.unwrap();
+        let op = ops.get(&op.id).await.unwrap();
+        assert_eq!((op.status, op.progress), (OperationStatus::Succeeded, 100), "{}", t.backend);
+        assert_eq!(op.result.unwrap()["presets"]["pypi"], "applied");
+        // A finished operation stays finished.
+        assert_eq!(
+            ops.fail(&op.id, OperationError::Internal, "late").await.unwrap().status,
+            OperationStatus::Succeeded
+        );
+
+        let slow = ops.create(&person("alice"), create("gw", "slow", None)).await.unwrap();
+        ops.start(&slow.id).await.unwrap();
+        let p = ops.progress(&slow.id, 150, &"x".repeat(5000)).await.unwrap();
+        assert_eq!(p.progress, 100);
+        assert!(p.message.unwrap().chars().count() <= 2_001);
+        let (running, total) = ops.list(Some(OperationStatus::Running), Some("sandbox"), 10, 0).await.unwrap();
+        assert_eq!((running.len(), total), (1, 1), "{}", t.backend);
+        let counts = ops.status_counts().await.unwrap();
+        assert!(counts.contains(&(OperationStatus::Succeeded, 1)) && counts.contains(&(OperationStatus::Running, 1)));
+        assert!(matches!(ops.get("nope").await, Err(ServiceError::NotFound { .. })));
+    }
+}
+
+#[tokio::test]
+async fn cancel_reaches_the_task_and_without_a_task_fails_at_once() {
+    for t in both().await {
+        let ops = OperationService::new(t.store.clone());
+        let op = ops.create(&person("alice"), create("gw", "hang", None)).await.unwrap();
+        let task = ops.spawn(&op, async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(serde_json::Value::Null)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(ops.is_running(&op.id));
+        assert_eq!(ops.cancel(&op.id).await.unwrap().status, OperationStatus::Cancelling);
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("the task stopped").unwrap();
+        let op = ops.get(&op.id).await.unwrap();
+        assert_eq!(
+            (op.status, op.error_code),
+            (OperationStatus::Failed, Some(OperationError::Cancelled)),
+            "{}",
+            t.backend
+        );
+
+        // No live task (a restart happened): fails directly.
+        let lone = ops.create(&person("alice"), create("gw", "lone", None)).await.unwrap();
+        let op = ops.cancel(&lone.id).await.unwrap();
+        assert_eq!((op.status, op.error_code), (OperationStatus::Failed, Some(OperationError::Cancelled)));
+    }
+}
+
+#[tokio::test]
+async fn s13_a_restart_leaves_no_operation_pending_or_running() {
+    for t in both().await {
+        let before = OperationService::new(t.store.clone());
+        for i in 0..10 {
+            let op = before.create(&person("alice"), create("gw", &format!("agent-{i}"), None)).await.unwrap();
+            if i % 2 == 0 {
+                before.start(&op.id).await.unwrap();
+            }
+        }
+        // "SIGKILL": the old service is gone without a word; a new process starts.
+        drop(before);
+        let after = OperationService::new(t.store.clone());
+        assert_eq!(after.recover_orphans().await.unwrap(), 10, "{}", t.backend);
+        for status in [OperationStatus::Pending, OperationStatus::Running, OperationStatus::Cancelling] {
+            assert_eq!(after.list(Some(status), None, 200, 0).await.unwrap().1, 0, "{}: {status:?}", t.backend);
+        }
+        let (failed, _) = after.list(Some(OperationStatus::Failed), None, 200, 0).await.unwrap();
+        assert!(failed.iter().all(|o| o.error_code == Some(OperationError::Orphaned)));
+        // The resources are free again.
+        after.create(&person("alice"), create("gw", "agent-0", None)).await.unwrap();
+        // Cleanup: nothing is stuck, and finished ones younger than a day stay.
+        assert_eq!(after.cleanup(Duration::from_secs(3600), Duration::from_secs(86_400)).await.unwrap(), (0, 0));
+        assert_eq!(after.cleanup(Duration::from_secs(3600), Duration::ZERO).await.unwrap().1, 10);
+    }
+}
+
+#[tokio::test]
+async fn shutdown_leaves_every_operation_terminal() {
+    for t in both().await {
+        let ops = OperationService::new(t.store.clone());
+        let op = ops.create(&person("alice"), create("gw", "long", None)).await.unwrap();
+        let _task = ops.spawn(&op, async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(serde_json::Value::Null)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ops.shutdown().await;
+        let op = ops.get(&op.id).await.unwrap();
+        assert!(!op.status.is_active(), "{}: {op:?}", t.backend);
+    }
+}
