@@ -12,6 +12,7 @@ mod extract;
 mod gateway_routes;
 mod guard;
 mod local_routes;
+mod operation_routes;
 mod policy_routes;
 
 use std::net::SocketAddr;
@@ -67,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .merge(local_routes::routes())
         .merge(policy_routes::routes())
         .merge(approval_routes::routes())
+        .merge(operation_routes::routes())
         .merge(audit_routes::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .layer(axum::middleware::from_fn(problem_request_id))

@@ -13,7 +13,7 @@ use breakwater_store::{OperationInsert, Store};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Actor, Result, ServiceError};
+use crate::{Actor, AuditService, Result, ServiceError};
 
 /// Messages and results are capped: an operation row is not a log file.
 const MAX_MESSAGE_CHARS: usize = 2_000;
@@ -34,7 +34,10 @@ pub struct NewOperation<'a> {
 #[derive(Clone)]
 pub struct OperationService {
     store: Arc<dyn Store>,
+    audit: AuditService,
     tasks: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    /// Ids of operations that just changed, for long polls and streams.
+    changes: tokio::sync::broadcast::Sender<String>,
 }
 
 fn capped(message: &str) -> String {
@@ -43,8 +46,8 @@ fn capped(message: &str) -> String {
 
 impl OperationService {
     #[must_use]
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, tasks: Arc::default() }
+    pub fn new(store: Arc<dyn Store>, audit: AuditService) -> Self {
+        Self { store, audit, tasks: Arc::default(), changes: tokio::sync::broadcast::channel(1024).0 }
     }
 
     /// Creates a pending operation, or returns the one the same idempotency
@@ -97,6 +100,37 @@ impl OperationService {
         self.store.get_operation(id).await?.ok_or_else(|| ServiceError::NotFound { what: format!("operation {id}") })
     }
 
+    /// The operation once it differs from `seen` (status or progress) or
+    /// ends, or as it is after `wait`. Woken by changes made here; changes
+    /// made by another replica are picked up by a re-read every second.
+    pub async fn wait_for_change(&self, id: &str, seen: Option<&Operation>, wait: Duration) -> Result<Operation> {
+        let mut rx = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let op = self.get(id).await?;
+            let changed =
+                seen.is_none_or(|s| s.status != op.status || s.progress != op.progress || s.message != op.message);
+            if !op.status.is_active() || (seen.is_some() && changed) {
+                return Ok(op);
+            }
+            let tick = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
+            let woke = tokio::time::timeout_at(tick, async {
+                loop {
+                    match rx.recv().await {
+                        Ok(changed) if changed == id => return,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                    }
+                }
+            })
+            .await;
+            if woke.is_err() && tokio::time::Instant::now() >= deadline {
+                return self.get(id).await;
+            }
+        }
+    }
+
     pub async fn list(
         &self,
         status: Option<OperationStatus>,
@@ -116,6 +150,7 @@ impl OperationService {
         if change(&mut op) {
             op.updated_at = Utc::now();
             self.store.save_operation(&op).await?;
+            let _ = self.changes.send(op.id.clone());
         }
         Ok(op)
     }
@@ -207,6 +242,29 @@ impl OperationService {
     #[must_use]
     pub fn is_running(&self, id: &str) -> bool {
         self.tasks.lock().expect("tasks lock").contains_key(id)
+    }
+
+    /// A person's cancel: refused for an operation that already ended,
+    /// audited otherwise.
+    pub async fn cancel_by(&self, actor: &Actor, id: &str) -> Result<Operation> {
+        let op = self.get(id).await?;
+        if !op.status.is_active() {
+            return Err(ServiceError::Precondition {
+                message: format!("operation {id} already ended ({})", op.status.as_str()),
+            });
+        }
+        let op = self.cancel(id).await?;
+        self.audit
+            .log(
+                actor,
+                "operation.cancel",
+                "operation",
+                id,
+                op.gateway.as_deref(),
+                serde_json::json!({"resource_type": op.resource_type, "resource_name": op.resource_name}),
+            )
+            .await;
+        Ok(op)
     }
 
     /// pending/running → cancelling, and the task is told to stop (it then

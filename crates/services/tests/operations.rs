@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use breakwater_domain::operation::{OperationError, OperationStatus};
-use breakwater_services::{Actor, NewOperation, OperationService, ServiceError};
+use breakwater_services::{Actor, AuditService, NewOperation, OperationService, ServiceError};
 use breakwater_store::testing::both;
 
 fn person(name: &str) -> Actor {
@@ -24,7 +24,7 @@ fn create<'a>(gw: &'a str, name: &'a str, key: Option<&'a str>) -> NewOperation<
 #[tokio::test]
 async fn s06_one_active_operation_per_resource_but_not_across_gateways() {
     for t in both().await {
-        let ops = OperationService::new(t.store.clone());
+        let ops = OperationService::new(t.store.clone(), AuditService::new(t.store.clone()));
         let first = ops.create(&person("alice"), create("gw-a", "agent", None)).await.unwrap();
         let err = ops.create(&person("bob"), create("gw-a", "agent", None)).await.unwrap_err();
         assert!(matches!(&err, ServiceError::Precondition { message } if message.contains(&first.id)), "{err:?}");
@@ -44,7 +44,7 @@ async fn s06_one_active_operation_per_resource_but_not_across_gateways() {
 #[tokio::test]
 async fn s07_the_same_idempotency_key_at_the_same_moment_gives_one_operation() {
     for t in both().await {
-        let ops = OperationService::new(t.store.clone());
+        let ops = OperationService::new(t.store.clone(), AuditService::new(t.store.clone()));
         let calls = (0..8).map(|_| {
             let ops = ops.clone();
             tokio::spawn(async move { ops.create(&person("alice"), create("gw", "agent", Some("k-1"))).await })
@@ -61,7 +61,7 @@ async fn s07_the_same_idempotency_key_at_the_same_moment_gives_one_operation() {
 #[tokio::test]
 async fn lifecycle_progress_results_counts_and_listing() {
     for t in both().await {
-        let ops = OperationService::new(t.store.clone());
+        let ops = OperationService::new(t.store.clone(), AuditService::new(t.store.clone()));
         let op = ops.create(&person("alice"), create("gw", "agent", None)).await.unwrap();
         assert_eq!(op.status, OperationStatus::Pending);
         let done = ops.spawn(&op, async { Ok(serde_json::json!({"presets": {"pypi": "applied"}})) });
@@ -91,7 +91,7 @@ async fn lifecycle_progress_results_counts_and_listing() {
 #[tokio::test]
 async fn cancel_reaches_the_task_and_without_a_task_fails_at_once() {
     for t in both().await {
-        let ops = OperationService::new(t.store.clone());
+        let ops = OperationService::new(t.store.clone(), AuditService::new(t.store.clone()));
         let op = ops.create(&person("alice"), create("gw", "hang", None)).await.unwrap();
         let task = ops.spawn(&op, async {
             tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -119,7 +119,7 @@ async fn cancel_reaches_the_task_and_without_a_task_fails_at_once() {
 #[tokio::test]
 async fn s13_a_restart_leaves_no_operation_pending_or_running() {
     for t in both().await {
-        let before = OperationService::new(t.store.clone());
+        let before = OperationService::new(t.store.clone(), AuditService::new(t.store.clone()));
         for i in 0..10 {
             let op = before.create(&person("alice"), create("gw", &format!("agent-{i}"), None)).await.unwrap();
             if i % 2 == 0 {
@@ -128,7 +128,7 @@ async fn s13_a_restart_leaves_no_operation_pending_or_running() {
         }
         // "SIGKILL": the old service is gone without a word; a new process starts.
         drop(before);
-        let after = OperationService::new(t.store.clone());
+        let after = OperationService::new(t.store.clone(), AuditService::new(t.store.clone()));
         assert_eq!(after.recover_orphans().await.unwrap(), 10, "{}", t.backend);
         for status in [OperationStatus::Pending, OperationStatus::Running, OperationStatus::Cancelling] {
             assert_eq!(after.list(Some(status), None, 200, 0).await.unwrap().1, 0, "{}: {status:?}", t.backend);
@@ -146,7 +146,7 @@ async fn s13_a_restart_leaves_no_operation_pending_or_running() {
 #[tokio::test]
 async fn shutdown_leaves_every_operation_terminal() {
     for t in both().await {
-        let ops = OperationService::new(t.store.clone());
+        let ops = OperationService::new(t.store.clone(), AuditService::new(t.store.clone()));
         let op = ops.create(&person("alice"), create("gw", "long", None)).await.unwrap();
         let _task = ops.spawn(&op, async {
             tokio::time::sleep(Duration::from_secs(3600)).await;

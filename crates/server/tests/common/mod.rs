@@ -17,6 +17,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub store: TestStore,
     pub stop: CancellationToken,
+    /// The server's own operation service (changes made here wake its long polls).
+    pub operations: breakwater_services::OperationService,
 }
 
 impl Drop for TestApp {
@@ -37,6 +39,8 @@ pub async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools:
     let stop = CancellationToken::new();
     let _monitor = gateways.spawn_monitor(monitor, stop.clone());
     let local = LocalGatewayManager::new(gateways.clone(), tools);
+    let operations =
+        breakwater_services::OperationService::new(store.store.clone(), AuditService::new(store.store.clone()));
     let events = breakwater_services::EventBus::default();
     let policies = breakwater_services::PolicyService::new(
         gateways.clone(),
@@ -52,7 +56,7 @@ pub async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools:
         local,
         policies,
         approvals,
-        operations: breakwater_services::OperationService::new(store.store.clone()),
+        operations: operations.clone(),
         host_guard: breakwater_server::HostGuard::loopback(&[]),
         list_cache: std::sync::Arc::default(),
         monitor,
@@ -64,7 +68,7 @@ pub async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools:
     tokio::spawn(async move {
         breakwater_server::serve(listener, state, async move { shutdown.cancelled().await }).await.unwrap();
     });
-    TestApp { base: format!("http://{addr}"), http: reqwest::Client::new(), store, stop }
+    TestApp { base: format!("http://{addr}"), http: reqwest::Client::new(), store, stop, operations }
 }
 
 pub async fn sim() -> Sim {
