@@ -277,3 +277,90 @@ mod tests {
         assert_eq!(sb.status_summary(), "provisioning (SupervisorNotConnected: waiting for supervisor)");
     }
 }
+
+/// Splits a command line the way a POSIX shell splits words, without any
+/// expansion: single quotes are literal, double quotes allow `\"` and `\\`,
+/// a backslash outside quotes escapes the next character. Unbalanced quotes
+/// are an error that says so.
+pub fn split_command(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(ch) => word.push(ch),
+                        None => return Err("unbalanced single quote (') in the command".into()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(ch @ ('"' | '\\' | '$' | '`')) => word.push(ch),
+                            Some(ch) => {
+                                word.push('\\');
+                                word.push(ch);
+                            }
+                            None => return Err("unbalanced double quote (\") in the command".into()),
+                        },
+                        Some(ch) => word.push(ch),
+                        None => return Err("unbalanced double quote (\") in the command".into()),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some(ch) => word.push(ch),
+                    None => return Err("the command ends with a lone backslash".into()),
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    if words.is_empty() {
+        return Err("the command is empty".into());
+    }
+    Ok(words)
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::split_command;
+
+    #[test]
+    fn words_quotes_and_escapes() {
+        assert_eq!(split_command("echo hi").unwrap(), ["echo", "hi"]);
+        assert_eq!(split_command(r#"sh -c 'echo "a b"' x\ y"#).unwrap(), ["sh", "-c", "echo \"a b\"", "x y"]);
+        assert_eq!(split_command(r#"printf "%s\n" "a\"b""#).unwrap(), ["printf", "%s\\n", "a\"b"]);
+        assert_eq!(split_command("''").unwrap(), [""]);
+    }
+
+    #[test]
+    fn s04_unbalanced_quotes_say_so() {
+        assert!(split_command(r#"echo "hi"#).unwrap_err().contains("unbalanced double quote"));
+        assert!(split_command("echo 'hi").unwrap_err().contains("unbalanced single quote"));
+        assert!(split_command("   ").unwrap_err().contains("empty"));
+    }
+}

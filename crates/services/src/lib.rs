@@ -11,6 +11,7 @@ pub mod import;
 pub mod local;
 pub mod operations;
 pub mod policy;
+pub mod sandboxes;
 
 use breakwater_domain::DomainError;
 use breakwater_gateway::GatewayError;
@@ -26,6 +27,7 @@ pub use import::{ImportProblem, ImportReport, default_openshell_config_dir};
 pub use local::{CreateLocalGateway, Diagnostics, LocalActionResult, LocalError, LocalGatewayManager, LocalTools};
 pub use operations::{NewOperation, OperationService};
 pub use policy::{PolicyService, PolicyView, WriteOutcome, WriteStatus};
+pub use sandboxes::SandboxService;
 
 /// Who is acting, for authorization decisions and the audit trail.
 #[derive(Clone, Debug, PartialEq, Eq)]

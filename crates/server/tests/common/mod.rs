@@ -39,6 +39,7 @@ pub async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools:
     let stop = CancellationToken::new();
     let _monitor = gateways.spawn_monitor(monitor, stop.clone());
     let local = LocalGatewayManager::new(gateways.clone(), tools);
+    let sandboxes = breakwater_services::SandboxService::new(gateways.clone());
     let operations =
         breakwater_services::OperationService::new(store.store.clone(), AuditService::new(store.store.clone()));
     let events = breakwater_services::EventBus::default();
@@ -57,6 +58,7 @@ pub async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools:
         policies,
         approvals,
         operations: operations.clone(),
+        sandboxes,
         host_guard: breakwater_server::HostGuard::loopback(&[]),
         list_cache: std::sync::Arc::default(),
         monitor,

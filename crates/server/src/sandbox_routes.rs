@@ -1,0 +1,108 @@
+//! `/api/gateways/{gw}/sandboxes…`: list, get, exec, logs.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use breakwater_domain::LabelSelector;
+use breakwater_domain::sandbox::{ExecOutput, Sandbox, SandboxLogs};
+use breakwater_services::sandboxes::{Command, ExecInput, LogFilter};
+use serde::{Deserialize, Serialize};
+
+use crate::extract::{Caller, QueryPairs};
+use crate::gateway_routes::gateway_name;
+use crate::{ApiError, ApiResult, AppState};
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/gateways/{gw}/sandboxes", get(list))
+        .route("/api/gateways/{gw}/sandboxes/{name}", get(get_one))
+        .route("/api/gateways/{gw}/sandboxes/{name}/exec", post(exec))
+        .route("/api/gateways/{gw}/sandboxes/{name}/logs", get(logs))
+}
+
+fn sandbox(raw: &str) -> ApiResult<breakwater_domain::SandboxName> {
+    breakwater_domain::SandboxName::parse(raw).map_err(|e| ApiError::bad_request("name", e.to_string()))
+}
+
+#[derive(Serialize)]
+struct SandboxList {
+    items: Vec<Sandbox>,
+    limit: u32,
+    offset: u32,
+    has_more: bool,
+}
+
+async fn list(State(state): State<AppState>, Path(gw): Path<String>, q: QueryPairs) -> ApiResult<Json<SandboxList>> {
+    let gw = gateway_name(&gw)?;
+    let mut pairs = Vec::new();
+    for raw in q.all("label") {
+        let (k, v) =
+            raw.split_once(':').ok_or_else(|| ApiError::bad_request("label", format!("{raw:?} is not key:value")))?;
+        pairs.push(format!("{k}={v}"));
+    }
+    let selector = LabelSelector::parse(&pairs.join(",")).map_err(|e| ApiError::bad_request("label", e.to_string()))?;
+    let limit = q.u32("limit", 100, 1000)?.max(1);
+    let offset = q.u32("offset", 0, u32::MAX)?;
+    let (items, has_more) = state.sandboxes.list(&gw, &selector, limit, offset).await?;
+    Ok(Json(SandboxList { items, limit, offset, has_more }))
+}
+
+async fn get_one(State(state): State<AppState>, Path((gw, name)): Path<(String, String)>) -> ApiResult<Json<Sandbox>> {
+    Ok(Json(state.sandboxes.get(&gateway_name(&gw)?, &sandbox(&name)?).await?))
+}
+
+/// `command` is a list of arguments or one string split like a shell would.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CommandBody {
+    Argv(Vec<String>),
+    Line(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecBody {
+    command: CommandBody,
+    workdir: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    timeout_seconds: Option<u64>,
+    /// Accepted for ShoreGuard clients; output is always collected.
+    #[serde(default)]
+    #[allow(dead_code)]
+    tty: bool,
+}
+
+async fn exec(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((gw, name)): Path<(String, String)>,
+    Json(body): Json<ExecBody>,
+) -> ApiResult<Json<ExecOutput>> {
+    let input = ExecInput {
+        command: match body.command {
+            CommandBody::Argv(v) => Command::Argv(v),
+            CommandBody::Line(s) => Command::Line(s),
+        },
+        workdir: body.workdir,
+        env: body.env,
+        timeout_seconds: body.timeout_seconds,
+    };
+    Ok(Json(state.sandboxes.exec(&actor, &gateway_name(&gw)?, &sandbox(&name)?, input).await?))
+}
+
+async fn logs(
+    State(state): State<AppState>,
+    Path((gw, name)): Path<(String, String)>,
+    q: QueryPairs,
+) -> ApiResult<Json<SandboxLogs>> {
+    let filter = LogFilter {
+        lines: q.get("lines").map(|_| q.u32("lines", 0, 10_000)).transpose()?,
+        since: q.time("since")?,
+        sources: q.all("source").chain(q.all("sources")).flat_map(|s| s.split(',')).map(str::to_owned).collect(),
+        min_level: q.get("min_level").filter(|l| !l.is_empty()).map(str::to_owned),
+    };
+    Ok(Json(state.sandboxes.logs(&gateway_name(&gw)?, &sandbox(&name)?, filter).await?))
+}

@@ -1,0 +1,82 @@
+//! The sandbox routes over real HTTP against a simulated gateway: list,
+//! get, exec (cases S03, S04) and logs (S10).
+
+mod common;
+
+use common::setup;
+use serde_json::json;
+
+const S: &str = "/api/gateways/gw/sandboxes";
+
+#[tokio::test]
+async fn list_and_get() {
+    let (app, s) = setup().await;
+    let (status, list) = app.get(S).await;
+    assert_eq!(status, 200, "{list}");
+    assert!(list["items"].as_array().unwrap().iter().any(|sb| sb["name"] == "agent-1"), "{list}");
+    assert_eq!(list["has_more"], false);
+    let (status, page) = app.get(&format!("{S}?limit=1&label=nope:x")).await;
+    assert_eq!(status, 200);
+    assert!(page["items"].as_array().unwrap().is_empty());
+    let (status, sb) = app.get(&format!("{S}/agent-1")).await;
+    assert_eq!((status, sb["phase"].as_str()), (200, Some("ready")), "{sb}");
+    assert_eq!(app.get(&format!("{S}/nope")).await.0, 404);
+    assert_eq!(app.get(&format!("{S}/Bad_Name")).await.0, 400);
+    assert_eq!(app.get("/api/gateways/missing/sandboxes").await.0, 404);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn exec_runs_argv_and_shell_strings_and_s03_s04_refuse_bad_input() {
+    let (app, s) = setup().await;
+    let (status, out) = app.post(&format!("{S}/agent-1/exec"), &json!({"command": ["echo", "hi"]})).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!((out["stdout"].as_str(), out["exit_code"].as_i64()), (Some("hi\n"), Some(0)));
+    // S03: no timeout_seconds: the default applies; one above the maximum is refused.
+    let (status, out) = app.post(&format!("{S}/agent-1/exec"), &json!({"command": "echo 'a b'"})).await;
+    assert_eq!((status, out["stdout"].as_str()), (200, Some("a b\n")), "{out}");
+    let (status, body) =
+        app.post(&format!("{S}/agent-1/exec"), &json!({"command": "true", "timeout_seconds": 99_999})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["field"], "timeout_seconds");
+    // S04: unbalanced quoting says so.
+    let (status, body) = app.post(&format!("{S}/agent-1/exec"), &json!({"command": "echo \"hi"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("unbalanced double quote"), "{body}");
+    let (status, out) = app.post(&format!("{S}/agent-1/exec"), &json!({"command": ["false"]})).await;
+    assert_eq!((status, out["exit_code"].as_i64()), (200, Some(1)));
+    let (_, audit) = app.get("/api/audit?action=sandbox.exec").await;
+    assert_eq!(audit["total"], 3, "{audit}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn s10_logs_at_min_level_warn_are_exactly_the_warn_and_error_lines() {
+    let (app, s) = setup().await;
+    app.post(&format!("{S}/agent-1/exec"), &json!({"command": ["true"]})).await;
+    s.inject_denial("default", "agent-1", "pypi.org", 443, "/usr/bin/pip").unwrap();
+    // A policy the supervisor refuses to load: an error line.
+    s.faults().set_reject_hosts(vec!["blocked.example.com".into()]);
+    let rule = json!({"key": "b", "rule": {"endpoints": [{"host": "blocked.example.com", "port": 443}]}});
+    assert_eq!(app.post(&format!("{}/policy/network-rules", S.to_owned() + "/agent-1"), &rule).await.0, 200);
+    let mut all = serde_json::Value::Null;
+    for _ in 0..100 {
+        all = app.get(&format!("{S}/agent-1/logs")).await.1;
+        if all["lines"].as_array().unwrap().iter().any(|l| l["level"] == "error") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let rank = |l: &str| ["trace", "debug", "info", "warn", "error"].iter().position(|x| *x == l).unwrap();
+    let expected: Vec<_> =
+        all["lines"].as_array().unwrap().iter().filter(|l| rank(l["level"].as_str().unwrap()) >= 3).cloned().collect();
+    assert!(expected.iter().any(|l| l["level"] == "warn") && expected.iter().any(|l| l["level"] == "error"), "{all}");
+    assert!(all["lines"].as_array().unwrap().len() > expected.len(), "there were lower lines to drop");
+    let (status, warn) = app.get(&format!("{S}/agent-1/logs?min_level=warn")).await;
+    assert_eq!(status, 200);
+    assert_eq!(warn["lines"].as_array().unwrap(), &expected);
+    assert_eq!(app.get(&format!("{S}/agent-1/logs?min_level=loud")).await.0, 400);
+    let (_, gateway_only) = app.get(&format!("{S}/agent-1/logs?source=gateway")).await;
+    assert!(gateway_only["lines"].as_array().unwrap().iter().all(|l| l["source"] == "gateway"));
+    s.shutdown().await;
+}
