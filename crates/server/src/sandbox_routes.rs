@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use breakwater_domain::LabelSelector;
-use breakwater_domain::sandbox::{ExecOutput, Sandbox, SandboxLogs};
+use breakwater_domain::sandbox::{ExecOutput, LogLine, Sandbox, SandboxLogs};
 use breakwater_services::sandboxes::{Command, ExecInput, LogFilter};
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +18,10 @@ use crate::{ApiError, ApiResult, AppState};
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/gateways/{gw}/sandboxes", get(list))
-        .route("/api/gateways/{gw}/sandboxes/{name}", get(get_one))
+        .route("/api/gateways/{gw}/sandboxes/{name}", get(get_one).delete(delete))
+        .route("/api/gateways/{gw}/sandboxes/{name}/stop", post(stop))
+        .route("/api/gateways/{gw}/sandboxes/{name}/start", post(start))
+        .route("/api/gateways/{gw}/sandboxes/{name}/ssh", post(ssh).delete(revoke_ssh))
         .route("/api/gateways/{gw}/sandboxes/{name}/exec", post(exec))
         .route("/api/gateways/{gw}/sandboxes/{name}/logs", get(logs))
 }
@@ -51,6 +55,80 @@ async fn list(State(state): State<AppState>, Path(gw): Path<String>, q: QueryPai
 
 async fn get_one(State(state): State<AppState>, Path((gw, name)): Path<(String, String)>) -> ApiResult<Json<Sandbox>> {
     Ok(Json(state.sandboxes.get(&gateway_name(&gw)?, &sandbox(&name)?).await?))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((gw, name)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let out = state.sandboxes.delete(&actor, &gateway_name(&gw)?, &sandbox(&name)?).await?;
+    Ok(Json(serde_json::json!({"deleted": true, "name": name, "id": out.sandbox_id, "outcome": out.outcome})))
+}
+
+async fn stop(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((gw, name)): Path<(String, String)>,
+) -> ApiResult<Json<Sandbox>> {
+    Ok(Json(state.sandboxes.stop(&actor, &gateway_name(&gw)?, &sandbox(&name)?).await?))
+}
+
+async fn start(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((gw, name)): Path<(String, String)>,
+) -> ApiResult<Json<Sandbox>> {
+    Ok(Json(state.sandboxes.start(&actor, &gateway_name(&gw)?, &sandbox(&name)?).await?))
+}
+
+/// The session once, with its token: 201.
+#[derive(Serialize)]
+struct SshResponse {
+    sandbox_id: String,
+    token: String,
+    gateway_host: String,
+    gateway_port: u16,
+    gateway_scheme: String,
+    host_key_fingerprint: String,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+async fn ssh(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((gw, name)): Path<(String, String)>,
+) -> ApiResult<(axum::http::StatusCode, Json<SshResponse>)> {
+    let s = state.sandboxes.ssh_session(&actor, &gateway_name(&gw)?, &sandbox(&name)?).await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(SshResponse {
+            sandbox_id: s.sandbox_id,
+            token: s.token.expose().to_owned(),
+            gateway_host: s.gateway_host,
+            gateway_port: s.gateway_port,
+            gateway_scheme: s.gateway_scheme,
+            host_key_fingerprint: s.host_key_fingerprint,
+            expires_at: s.expires_at,
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    token: String,
+}
+
+async fn revoke_ssh(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((gw, name)): Path<(String, String)>,
+    Json(body): Json<RevokeBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let token = breakwater_domain::Secret::new(body.token);
+    let out = state.sandboxes.revoke_ssh_session(&actor, &gateway_name(&gw)?, &sandbox(&name)?, &token).await?;
+    Ok(Json(serde_json::json!({"revoked": true, "outcome": out})))
 }
 
 /// `command` is a list of arguments or one string split like a shell would.
@@ -93,16 +171,32 @@ async fn exec(
     Ok(Json(state.sandboxes.exec(&actor, &gateway_name(&gw)?, &sandbox(&name)?, input).await?))
 }
 
+/// A bare list, as ShoreGuard's clients read it; the gateway's buffer size
+/// rides in `X-Buffer-Total`.
 async fn logs(
     State(state): State<AppState>,
     Path((gw, name)): Path<(String, String)>,
     q: QueryPairs,
-) -> ApiResult<Json<SandboxLogs>> {
+) -> ApiResult<(HeaderMap, Json<Vec<LogLine>>)> {
+    let since = match q.get("since_ms").filter(|v| !v.is_empty()) {
+        Some(raw) => {
+            let ms: i64 = raw.parse().map_err(|_| ApiError::bad_request("since_ms", "milliseconds since the epoch"))?;
+            Some(
+                chrono::DateTime::from_timestamp_millis(ms)
+                    .ok_or_else(|| ApiError::bad_request("since_ms", "out of range"))?,
+            )
+        }
+        None => q.time("since")?,
+    };
     let filter = LogFilter {
         lines: q.get("lines").map(|_| q.u32("lines", 0, 10_000)).transpose()?,
-        since: q.time("since")?,
+        since,
         sources: q.all("source").chain(q.all("sources")).flat_map(|s| s.split(',')).map(str::to_owned).collect(),
         min_level: q.get("min_level").filter(|l| !l.is_empty()).map(str::to_owned),
     };
-    Ok(Json(state.sandboxes.logs(&gateway_name(&gw)?, &sandbox(&name)?, filter).await?))
+    let SandboxLogs { lines, buffer_total } =
+        state.sandboxes.logs(&gateway_name(&gw)?, &sandbox(&name)?, filter).await?;
+    let mut headers = HeaderMap::new();
+    headers.insert("x-buffer-total", HeaderValue::from(buffer_total));
+    Ok((headers, Json(lines)))
 }

@@ -62,21 +62,68 @@ async fn s10_logs_at_min_level_warn_are_exactly_the_warn_and_error_lines() {
     let mut all = serde_json::Value::Null;
     for _ in 0..100 {
         all = app.get(&format!("{S}/agent-1/logs")).await.1;
-        if all["lines"].as_array().unwrap().iter().any(|l| l["level"] == "error") {
+        if all.as_array().unwrap().iter().any(|l| l["level"] == "error") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let rank = |l: &str| ["trace", "debug", "info", "warn", "error"].iter().position(|x| *x == l).unwrap();
     let expected: Vec<_> =
-        all["lines"].as_array().unwrap().iter().filter(|l| rank(l["level"].as_str().unwrap()) >= 3).cloned().collect();
+        all.as_array().unwrap().iter().filter(|l| rank(l["level"].as_str().unwrap()) >= 3).cloned().collect();
     assert!(expected.iter().any(|l| l["level"] == "warn") && expected.iter().any(|l| l["level"] == "error"), "{all}");
-    assert!(all["lines"].as_array().unwrap().len() > expected.len(), "there were lower lines to drop");
+    assert!(all.as_array().unwrap().len() > expected.len(), "there were lower lines to drop");
     let (status, warn) = app.get(&format!("{S}/agent-1/logs?min_level=warn")).await;
     assert_eq!(status, 200);
-    assert_eq!(warn["lines"].as_array().unwrap(), &expected);
+    assert_eq!(warn.as_array().unwrap(), &expected);
     assert_eq!(app.get(&format!("{S}/agent-1/logs?min_level=loud")).await.0, 400);
     let (_, gateway_only) = app.get(&format!("{S}/agent-1/logs?source=gateway")).await;
-    assert!(gateway_only["lines"].as_array().unwrap().iter().all(|l| l["source"] == "gateway"));
+    assert!(gateway_only.as_array().unwrap().iter().all(|l| l["source"] == "gateway"));
+    let (status, none) = app.get(&format!("{S}/agent-1/logs?since_ms=4102444800000")).await;
+    assert_eq!(status, 200);
+    assert!(none.as_array().unwrap().is_empty(), "nothing after 2100: {none}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn ssh_sessions_s11_stop_start_and_s05_delete() {
+    let (app, s) = setup().await;
+    let (status, session) = app.post(&format!("{S}/agent-1/ssh"), &json!({})).await;
+    assert_eq!(status, 201, "{session}");
+    let token = session["token"].as_str().unwrap().to_owned();
+    assert!(!token.is_empty() && session["gateway_port"].as_u64().unwrap() > 0);
+    let (_, audit) = app.get("/api/audit?action=sandbox.ssh.create").await;
+    assert_eq!(audit["total"], 1);
+    assert!(!audit.to_string().contains(&token), "the token never reaches the audit trail");
+    let r =
+        app.http.delete(format!("{}{S}/agent-1/ssh", app.base)).json(&json!({"token": token})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // S11: a gateway handing out a host that could inject SSH options is refused.
+    s.faults().set_ssh_host_override(Some("evil;ProxyCommand=sh".into()));
+    let (status, body) = app.post(&format!("{S}/agent-1/ssh"), &json!({})).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(!body.to_string().contains("ProxyCommand=sh\""), "{body}");
+    s.faults().set_ssh_host_override(None);
+
+    let (status, stopped) = app.post(&format!("{S}/agent-1/stop"), &json!({})).await;
+    assert_eq!(status, 200, "{stopped}");
+    for _ in 0..200 {
+        if app.get(&format!("{S}/agent-1")).await.1["phase"] == "stopped" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (status, body) = app.post(&format!("{S}/agent-1/start"), &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+
+    // S05: after a delete, listing shows it deleting (or gone), never ready again.
+    let (status, del) = app.delete(&format!("{S}/agent-1")).await;
+    assert_eq!(status, 200, "{del}");
+    for _ in 0..20 {
+        let (_, list) = app.get(S).await;
+        if let Some(sb) = list["items"].as_array().unwrap().iter().find(|sb| sb["name"] == "agent-1") {
+            assert_ne!(sb["phase"], "ready", "{sb}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     s.shutdown().await;
 }

@@ -6,8 +6,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use breakwater_domain::registry::GatewayName;
-use breakwater_domain::sandbox::{ExecOutput, ExecRequest, LogQuery, Sandbox, SandboxLogs, split_command};
-use breakwater_domain::{LabelSelector, PageRequest, SandboxName, WorkspaceName};
+use breakwater_domain::sandbox::{
+    DeletionOutcome, ExecOutput, ExecRequest, LogQuery, Sandbox, SandboxDeletion, SandboxLogs, SshSession,
+    split_command,
+};
+use breakwater_domain::{LabelSelector, PageRequest, SandboxName, Secret, WorkspaceName};
 use breakwater_gateway::{Gateway, WorkspaceScope};
 use chrono::{DateTime, Utc};
 
@@ -149,6 +152,60 @@ impl SandboxService {
                 }),
             )
             .await;
+        Ok(out)
+    }
+
+    async fn audit(&self, actor: &Actor, action: &str, gw: &GatewayName, sb: &SandboxName, detail: serde_json::Value) {
+        self.gateways.audit().log(actor, action, "sandbox", sb.as_str(), Some(gw.as_str()), detail).await;
+    }
+
+    /// Deletes the sandbox; the outcome says whether it is gone or going.
+    pub async fn delete(&self, actor: &Actor, gw: &GatewayName, sb: &SandboxName) -> Result<SandboxDeletion> {
+        let ws = WorkspaceName::default();
+        let out = self.gateways.with_gateway(gw, |c| async move { c.delete_sandbox(&ws, sb, false).await }).await?;
+        self.audit(actor, "sandbox.delete", gw, sb, serde_json::json!({"outcome": out.outcome, "id": out.sandbox_id}))
+            .await;
+        Ok(out)
+    }
+
+    pub async fn stop(&self, actor: &Actor, gw: &GatewayName, sb: &SandboxName) -> Result<Sandbox> {
+        let ws = WorkspaceName::default();
+        let out = self.gateways.with_gateway(gw, |c| async move { c.stop_sandbox(&ws, sb).await }).await?;
+        self.audit(actor, "sandbox.stop", gw, sb, serde_json::json!({})).await;
+        Ok(out)
+    }
+
+    pub async fn start(&self, actor: &Actor, gw: &GatewayName, sb: &SandboxName) -> Result<Sandbox> {
+        let ws = WorkspaceName::default();
+        let out = self.gateways.with_gateway(gw, |c| async move { c.start_sandbox(&ws, sb).await }).await?;
+        self.audit(actor, "sandbox.start", gw, sb, serde_json::json!({})).await;
+        Ok(out)
+    }
+
+    /// An SSH session into the sandbox. The gateway's answer is checked by
+    /// the client (host, port and token charsets) before anyone uses it; the
+    /// token goes back to the caller once and never into the audit trail.
+    pub async fn ssh_session(&self, actor: &Actor, gw: &GatewayName, sb: &SandboxName) -> Result<SshSession> {
+        let ws = WorkspaceName::default();
+        let session = self.gateways.with_gateway(gw, |c| async move { c.create_ssh_session(&ws, sb).await }).await?;
+        let detail = serde_json::json!({
+            "host": session.gateway_host,
+            "port": session.gateway_port,
+            "expires_at": session.expires_at,
+        });
+        self.audit(actor, "sandbox.ssh.create", gw, sb, detail).await;
+        Ok(session)
+    }
+
+    pub async fn revoke_ssh_session(
+        &self,
+        actor: &Actor,
+        gw: &GatewayName,
+        sb: &SandboxName,
+        token: &Secret,
+    ) -> Result<DeletionOutcome> {
+        let out = self.gateways.with_gateway(gw, |c| async move { c.revoke_ssh_session(token, false).await }).await?;
+        self.audit(actor, "sandbox.ssh.revoke", gw, sb, serde_json::json!({})).await;
         Ok(out)
     }
 
