@@ -324,7 +324,7 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
     let approvals = ApprovalService::new(gateways.clone(), policies.clone(), events);
     // Operations a previous process left active can never finish: say so.
     let operations = OperationService::new(store.clone(), audit.clone());
-    let sandboxes = SandboxService::new(gateways.clone());
+    let sandboxes = SandboxService::new(gateways.clone(), operations.clone(), policies.clone());
     operations.recover_orphans().await.map_err(|e| anyhow::anyhow!("recovering operations: {e}"))?;
     if !args.bind.is_loopback() && args.allowed_hosts.is_empty() {
         tracing::warn!(bind = %args.bind, "listening beyond loopback without --allowed-host: any Host header is accepted");

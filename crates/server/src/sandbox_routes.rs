@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use breakwater_domain::LabelSelector;
 use breakwater_domain::sandbox::{ExecOutput, LogLine, Sandbox, SandboxLogs};
-use breakwater_services::sandboxes::{Command, ExecInput, LogFilter};
+use breakwater_services::sandboxes::{Command, CreateSandbox, ExecInput, LogFilter};
 use serde::{Deserialize, Serialize};
 
 use crate::extract::{Caller, QueryPairs};
@@ -17,7 +17,7 @@ use crate::{ApiError, ApiResult, AppState};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/api/gateways/{gw}/sandboxes", get(list))
+        .route("/api/gateways/{gw}/sandboxes", get(list).post(create))
         .route("/api/gateways/{gw}/sandboxes/{name}", get(get_one).delete(delete))
         .route("/api/gateways/{gw}/sandboxes/{name}/stop", post(stop))
         .route("/api/gateways/{gw}/sandboxes/{name}/start", post(start))
@@ -51,6 +51,71 @@ async fn list(State(state): State<AppState>, Path(gw): Path<String>, q: QueryPai
     let offset = q.u32("offset", 0, u32::MAX)?;
     let (items, has_more) = state.sandboxes.list(&gw, &selector, limit, offset).await?;
     Ok(Json(SandboxList { items, limit, offset, has_more }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    image: Option<String>,
+    #[serde(default)]
+    providers: Vec<String>,
+    #[serde(default)]
+    environment: BTreeMap<String, String>,
+    policy: Option<breakwater_domain::policy::Policy>,
+    #[serde(default)]
+    presets: Vec<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    // Accepted for ShoreGuard clients; not used by OpenShell 0.1 gateways.
+    #[serde(default)]
+    #[allow(dead_code)]
+    gpu: bool,
+    #[allow(dead_code)]
+    description: Option<String>,
+    #[allow(dead_code)]
+    log_level: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    skip_hooks: bool,
+}
+
+/// 202 with the operation to follow (`Location`, `Retry-After`).
+async fn create(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path(gw): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<CreateBody>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty() && k.len() <= 200);
+    let input = CreateSandbox {
+        name: body.name,
+        image: body.image,
+        providers: body.providers,
+        environment: body.environment,
+        policy: body.policy,
+        presets: body.presets,
+        labels: body.labels,
+    };
+    let op = state.sandboxes.create(&actor, &gateway_name(&gw)?, input, key).await?;
+    let location = format!("/api/operations/{}", op.id);
+    let body = serde_json::json!({
+        "operation_id": op.id,
+        "status": op.status.as_str(),
+        "resource_type": op.resource_type,
+        "resource_name": op.resource_name,
+    });
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        [
+            (axum::http::header::LOCATION, HeaderValue::from_str(&location).unwrap_or(HeaderValue::from_static("/"))),
+            (axum::http::header::RETRY_AFTER, HeaderValue::from_static("2")),
+        ],
+        Json(body),
+    )
+        .into_response())
 }
 
 async fn get_one(State(state): State<AppState>, Path((gw, name)): Path<(String, String)>) -> ApiResult<Json<Sandbox>> {

@@ -54,6 +54,12 @@ impl OperationService {
     /// key created before. A resource with an active operation is a conflict
     /// naming that operation.
     pub async fn create(&self, actor: &Actor, new: NewOperation<'_>) -> Result<Operation> {
+        Ok(self.create_tracked(actor, new).await?.0)
+    }
+
+    /// As [`OperationService::create`], also saying whether this call created
+    /// it (`false`: an earlier request with the same key did, and started it).
+    pub async fn create_tracked(&self, actor: &Actor, new: NewOperation<'_>) -> Result<(Operation, bool)> {
         let now = Utc::now();
         let op = Operation {
             id: uuid::Uuid::new_v4().to_string(),
@@ -76,8 +82,8 @@ impl OperationService {
         // A unique violation whose holder finished in between is retried once.
         for _ in 0..2 {
             match self.store.insert_operation(&op, key.as_deref()).await {
-                Ok(OperationInsert::Created) => return Ok(op),
-                Ok(OperationInsert::SameKey(existing)) => return Ok(existing),
+                Ok(OperationInsert::Created) => return Ok((op, true)),
+                Ok(OperationInsert::SameKey(existing)) => return Ok((existing, false)),
                 Ok(OperationInsert::Busy(existing)) => {
                     return Err(ServiceError::Precondition {
                         message: format!(

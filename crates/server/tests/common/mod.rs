@@ -39,7 +39,6 @@ pub async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools:
     let stop = CancellationToken::new();
     let _monitor = gateways.spawn_monitor(monitor, stop.clone());
     let local = LocalGatewayManager::new(gateways.clone(), tools);
-    let sandboxes = breakwater_services::SandboxService::new(gateways.clone());
     let operations =
         breakwater_services::OperationService::new(store.store.clone(), AuditService::new(store.store.clone()));
     let events = breakwater_services::EventBus::default();
@@ -50,6 +49,8 @@ pub async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools:
     );
     let approvals = breakwater_services::ApprovalService::new(gateways.clone(), policies.clone(), events)
         .with_wait_cap(Duration::from_secs(2));
+    let sandboxes = breakwater_services::SandboxService::new(gateways.clone(), operations.clone(), policies.clone())
+        .with_ready_deadline(Duration::from_secs(2));
     let state = AppState {
         store: store.store.clone(),
         gateways,

@@ -1,0 +1,106 @@
+//! Creating sandboxes as operations over real HTTP: presets applied with
+//! progress, idempotency keys (S07), one active create per name but not
+//! across gateways (S06), and a create that never gets ready (S01).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestApp, register_body, setup};
+use serde_json::{Value, json};
+
+const S: &str = "/api/gateways/gw/sandboxes";
+
+async fn finished(app: &TestApp, id: &str) -> Value {
+    for _ in 0..40 {
+        let (_, op) = app.get(&format!("/api/operations/{id}?wait=2")).await;
+        if op["status"] == "succeeded" || op["status"] == "failed" {
+            return op;
+        }
+    }
+    panic!("operation {id} never ended");
+}
+
+#[tokio::test]
+async fn create_with_two_presets_runs_as_an_operation() {
+    let (app, s) = setup().await;
+    let r = app
+        .http
+        .post(format!("{}{S}", app.base))
+        .json(&json!({"name": "agent-2", "presets": ["pypi", "npm"], "labels": {"team": "ml"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    let id = body["operation_id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/api/operations/{id}"));
+    let op = finished(&app, &id).await;
+    assert_eq!(op["status"], "succeeded", "{op}");
+    assert_eq!(op["progress"], 100);
+    assert_eq!(op["result"]["presets"]["pypi"]["status"], "applied", "{op}");
+    assert_eq!(op["result"]["presets"]["npm"]["status"], "applied");
+    let (_, policy) = app.get(&format!("{S}/agent-2/policy")).await;
+    assert!(
+        policy["policy"]["network_policies"]["pypi"].is_object()
+            && policy["policy"]["network_policies"]["npm"].is_object()
+    );
+    assert_eq!(
+        app.post(S, &json!({"name": "x", "presets": ["nope"]})).await.0,
+        404,
+        "unknown presets are refused first"
+    );
+    assert_eq!(app.post(S, &json!({"name": "Bad_Name"})).await.0, 400);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn s07_one_idempotency_key_sent_twice_at_once_gives_one_operation() {
+    let (app, s) = setup().await;
+    let send = || {
+        app.http
+            .post(format!("{}{S}", app.base))
+            .header("idempotency-key", "create-agent-7")
+            .json(&json!({"name": "agent-7"}))
+            .send()
+    };
+    let (a, b) = tokio::join!(send(), send());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (202, 202));
+    let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
+    assert_eq!(a["operation_id"], b["operation_id"]);
+    assert_eq!(finished(&app, a["operation_id"].as_str().unwrap()).await["status"], "succeeded");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn s01_a_sandbox_that_never_gets_ready_fails_with_timeout_and_blocks_a_second_create_meanwhile() {
+    let (app, s) = setup().await;
+    s.faults().set_provisioning(openshell_sim::ProvisioningMode::Hang);
+    let (status, body) = app.post(S, &json!({"name": "stuck"})).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["operation_id"].as_str().unwrap().to_owned();
+    let (status, again) = app.post(S, &json!({"name": "stuck"})).await;
+    assert_eq!(status, 409, "one create per name at a time: {again}");
+    assert!(again["detail"].as_str().unwrap().contains(&id), "{again}");
+    let op = finished(&app, &id).await;
+    assert_eq!((op["status"].as_str(), op["error_code"].as_str()), (Some("failed"), Some("timeout")), "{op}");
+    let message = op["error"].as_str().unwrap();
+    assert!(message.contains("provisioning"), "names the last phase: {message}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn s06_the_same_name_on_two_gateways_at_once_is_not_blocked() {
+    let (app, s) = setup().await;
+    let other = common::sim().await;
+    assert_eq!(app.post("/api/gateway/register", &register_body("gw2", &other, &json!({}))).await.0, 201);
+    let twin = json!({"name": "twin"});
+    let (a, b) = tokio::join!(app.post(S, &twin), app.post("/api/gateways/gw2/sandboxes", &twin));
+    assert_eq!((a.0, b.0), (202, 202), "{a:?} {b:?}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    s.shutdown().await;
+    other.shutdown().await;
+}
