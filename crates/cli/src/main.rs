@@ -18,7 +18,7 @@ use breakwater_gateway::Gateway;
 use breakwater_server::{AppState, HostGuard};
 use breakwater_services::{
     Actor, ApprovalService, AuditService, EventBus, GatewayService, LocalGatewayManager, LocalTools, MonitorSettings,
-    OperationService, PolicyService, RegisterGateway, SandboxService,
+    OperationService, PolicyService, ProviderService, RegisterGateway, SandboxService,
 };
 use breakwater_store::{PgStore, SecretCipher, SqliteStore, Store};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -325,6 +325,7 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
     // Operations a previous process left active can never finish: say so.
     let operations = OperationService::new(store.clone(), audit.clone());
     let sandboxes = SandboxService::new(gateways.clone(), operations.clone(), policies.clone());
+    let providers = ProviderService::new(gateways.clone());
     operations.recover_orphans().await.map_err(|e| anyhow::anyhow!("recovering operations: {e}"))?;
     if !args.bind.is_loopback() && args.allowed_hosts.is_empty() {
         tracing::warn!(bind = %args.bind, "listening beyond loopback without --allowed-host: any Host header is accepted");
@@ -338,6 +339,7 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
         approvals,
         operations,
         sandboxes,
+        providers,
         host_guard: args.host_guard(),
         list_cache: Arc::default(),
         monitor: monitor_settings,

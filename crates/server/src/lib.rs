@@ -14,6 +14,7 @@ mod guard;
 mod local_routes;
 mod operation_routes;
 mod policy_routes;
+mod provider_routes;
 mod sandbox_routes;
 
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use breakwater_services::{
     ApprovalService, AuditService, GatewayService, LocalGatewayManager, MonitorSettings, OperationService,
-    PolicyService, SandboxService,
+    PolicyService, ProviderService, SandboxService,
 };
 use breakwater_store::Store;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
@@ -52,6 +53,7 @@ pub struct AppState {
     pub approvals: ApprovalService,
     pub operations: OperationService,
     pub sandboxes: SandboxService,
+    pub providers: ProviderService,
     pub host_guard: HostGuard,
     /// Serialised `GET /api/gateway/list` pages (see `gateway_routes::ListCache`).
     pub list_cache: Arc<gateway_routes::ListCache>,
@@ -72,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .merge(approval_routes::routes())
         .merge(operation_routes::routes())
         .merge(sandbox_routes::routes())
+        .merge(provider_routes::routes())
         .merge(audit_routes::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .layer(axum::middleware::from_fn(problem_request_id))

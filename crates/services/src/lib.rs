@@ -11,6 +11,7 @@ pub mod import;
 pub mod local;
 pub mod operations;
 pub mod policy;
+pub mod providers;
 pub mod sandboxes;
 
 use breakwater_domain::DomainError;
@@ -27,6 +28,7 @@ pub use import::{ImportProblem, ImportReport, default_openshell_config_dir};
 pub use local::{CreateLocalGateway, Diagnostics, LocalActionResult, LocalError, LocalGatewayManager, LocalTools};
 pub use operations::{NewOperation, OperationService};
 pub use policy::{PolicyService, PolicyView, WriteOutcome, WriteStatus};
+pub use providers::ProviderService;
 pub use sandboxes::SandboxService;
 
 /// Who is acting, for authorization decisions and the audit trail.

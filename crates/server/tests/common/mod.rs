@@ -51,6 +51,7 @@ pub async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools:
         .with_wait_cap(Duration::from_secs(2));
     let sandboxes = breakwater_services::SandboxService::new(gateways.clone(), operations.clone(), policies.clone())
         .with_ready_deadline(Duration::from_secs(2));
+    let providers = breakwater_services::ProviderService::new(gateways.clone());
     let state = AppState {
         store: store.store.clone(),
         gateways,
@@ -60,6 +61,7 @@ pub async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools:
         approvals,
         operations: operations.clone(),
         sandboxes,
+        providers,
         host_guard: breakwater_server::HostGuard::loopback(&[]),
         list_cache: std::sync::Arc::default(),
         monitor,

@@ -1,0 +1,104 @@
+//! `/api/gateways/{gw}/providers…`: provider CRUD and the type table.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use breakwater_domain::provider::Provider;
+use breakwater_domain::{ProviderName, Secret};
+use breakwater_services::providers::{PROVIDER_TYPES, ProviderInput, ProviderType};
+use serde::{Deserialize, Serialize};
+
+use crate::extract::{Caller, QueryPairs};
+use crate::gateway_routes::gateway_name;
+use crate::{ApiError, ApiResult, AppState};
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/gateways/{gw}/providers", get(list).post(create))
+        .route("/api/gateways/{gw}/providers/types", get(types))
+        .route("/api/gateways/{gw}/providers/{name}", get(get_one).put(update).delete(delete))
+}
+
+fn provider(raw: &str) -> ApiResult<ProviderName> {
+    ProviderName::parse(raw).map_err(|e| ApiError::bad_request("name", e.to_string()))
+}
+
+#[derive(Serialize)]
+struct ProviderList {
+    items: Vec<Provider>,
+    limit: u32,
+    offset: u32,
+    has_more: bool,
+}
+
+async fn list(State(state): State<AppState>, Path(gw): Path<String>, q: QueryPairs) -> ApiResult<Json<ProviderList>> {
+    let limit = q.u32("limit", 100, 1000)?.max(1);
+    let offset = q.u32("offset", 0, u32::MAX)?;
+    let (items, has_more) = state.providers.list(&gateway_name(&gw)?, limit, offset).await?;
+    Ok(Json(ProviderList { items, limit, offset, has_more }))
+}
+
+async fn types(Path(gw): Path<String>) -> ApiResult<Json<&'static [ProviderType]>> {
+    gateway_name(&gw)?;
+    Ok(Json(PROVIDER_TYPES))
+}
+
+async fn get_one(State(state): State<AppState>, Path((gw, name)): Path<(String, String)>) -> ApiResult<Json<Provider>> {
+    Ok(Json(state.providers.get(&gateway_name(&gw)?, &provider(&name)?).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderBody {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    api_key: Option<String>,
+    #[serde(default)]
+    credentials: BTreeMap<String, String>,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+}
+
+impl ProviderBody {
+    fn input(self) -> ProviderInput {
+        ProviderInput {
+            kind: self.kind,
+            api_key: self.api_key.filter(|k| !k.is_empty()).map(Secret::new),
+            credentials: self.credentials.into_iter().map(|(k, v)| (k, Secret::new(v))).collect(),
+            config: self.config,
+        }
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path(gw): Path<String>,
+    Json(body): Json<ProviderBody>,
+) -> ApiResult<(StatusCode, Json<Provider>)> {
+    let name = provider(body.name.as_deref().ok_or_else(|| ApiError::bad_request("name", "name is required"))?)?;
+    let p = state.providers.create(&actor, &gateway_name(&gw)?, &name, body.input()).await?;
+    Ok((StatusCode::CREATED, Json(p)))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((gw, name)): Path<(String, String)>,
+    Json(body): Json<ProviderBody>,
+) -> ApiResult<Json<Provider>> {
+    Ok(Json(state.providers.update(&actor, &gateway_name(&gw)?, &provider(&name)?, body.input()).await?))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((gw, name)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    state.providers.delete(&actor, &gateway_name(&gw)?, &provider(&name)?).await?;
+    Ok(Json(serde_json::json!({"deleted": true, "name": name})))
+}

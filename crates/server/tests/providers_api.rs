@@ -1,0 +1,76 @@
+//! Providers over real HTTP: CRUD, the primary key mapped to the type's
+//! variable, a canary credential that never comes back anywhere (responses,
+//! audit, the database), and S08 (a provider in use cannot be deleted).
+
+mod common;
+
+use common::setup;
+use serde_json::{Value, json};
+
+const P: &str = "/api/gateways/gw/providers";
+const CANARY: &str = "sk-canary-7d1f0c2e9b";
+
+#[tokio::test]
+async fn crud_keeps_the_canary_secret_everywhere() {
+    let (app, s) = setup().await;
+    let mut seen = Vec::new();
+    let (status, created) = app.post(P, &json!({"name": "claude", "type": "anthropic", "api_key": CANARY})).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["credential_keys"], json!(["ANTHROPIC_API_KEY"]), "mapped to the type's variable");
+    seen.push(created);
+    let (status, unknown) = app.post(P, &json!({"name": "misc", "type": "something-new", "api_key": CANARY})).await;
+    assert_eq!(status, 201);
+    assert_eq!(unknown["credential_keys"], json!(["API_KEY"]), "unknown types fall back to API_KEY");
+    seen.push(unknown);
+    let (status, dup) = app.post(P, &json!({"name": "claude", "type": "anthropic"})).await;
+    assert_eq!(status, 409, "{dup}");
+    assert_eq!(app.post(P, &json!({"name": "notype"})).await.0, 400);
+
+    let r = app
+        .http
+        .put(format!("{}{P}/claude", app.base))
+        .json(&json!({"credentials": {"EXTRA": CANARY}, "config": {"region": "eu"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let updated: Value = r.json().await.unwrap();
+    let keys = updated["credential_keys"].as_array().unwrap();
+    assert!(keys.contains(&json!("EXTRA")) && keys.contains(&json!("ANTHROPIC_API_KEY")), "{updated}");
+    seen.push(updated);
+    seen.push(app.get(&format!("{P}/claude")).await.1);
+    seen.push(app.get(P).await.1);
+    seen.push(app.get("/api/audit").await.1);
+    seen.push(app.get("/api/audit/export?format=json").await.1);
+    for body in &seen {
+        assert!(!body.to_string().contains(CANARY), "the credential came back: {body}");
+    }
+    assert!(!app.store.dump_text().await.contains(CANARY), "nor is it in Breakwater's database");
+    let (_, types) = app.get(&format!("{P}/types")).await;
+    assert!(
+        types.as_array().unwrap().iter().any(|t| t["id"] == "github" && t["credential_variable"] == "GITHUB_TOKEN")
+    );
+
+    assert_eq!(app.delete(&format!("{P}/misc")).await.0, 200);
+    assert_eq!(app.get(&format!("{P}/misc")).await.0, 404);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn s08_a_provider_attached_to_a_sandbox_cannot_be_deleted() {
+    let (app, s) = setup().await;
+    assert_eq!(app.post(P, &json!({"name": "gh", "type": "github", "api_key": CANARY})).await.0, 201);
+    let (status, op) = app.post("/api/gateways/gw/sandboxes", &json!({"name": "uses-gh", "providers": ["gh"]})).await;
+    assert_eq!(status, 202, "{op}");
+    let id = op["operation_id"].as_str().unwrap();
+    for _ in 0..40 {
+        let (_, o) = app.get(&format!("/api/operations/{id}?wait=2")).await;
+        if o["status"] == "succeeded" {
+            break;
+        }
+    }
+    let (status, body) = app.delete(&format!("{P}/gh")).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("uses-gh"), "names the sandbox: {body}");
+    s.shutdown().await;
+}
