@@ -135,6 +135,9 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Timeout { message } => Self::new(StatusCode::GATEWAY_TIMEOUT, "TIMEOUT", message),
             ServiceError::Forbidden { message } => Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", message),
+            ServiceError::Unsupported { message } => {
+                Self::new(StatusCode::NOT_IMPLEMENTED, "unsupported_by_gateway", message)
+            }
             ServiceError::StaleVersion { message, expected, current_version, current_hash } => {
                 let mut err = Self::new(StatusCode::CONFLICT, "VERSION_MISMATCH", message);
                 // ShoreGuard's `policy apply` clients read `current_hash` and

@@ -20,6 +20,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/gateways/{gw}/providers", get(list).post(create))
         .route("/api/gateways/{gw}/providers/types", get(types))
         .route("/api/gateways/{gw}/providers/{name}", get(get_one).put(update).delete(delete))
+        .route("/api/gateways/{gw}/inference", get(inference).put(set_inference))
 }
 
 fn provider(raw: &str) -> ApiResult<ProviderName> {
@@ -72,6 +73,29 @@ impl ProviderBody {
             config: self.config,
         }
     }
+}
+
+async fn inference(State(state): State<AppState>, Path(gw): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(state.providers.inference(&gateway_name(&gw)?).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // the fields a route would need; 0.1 gateways offer none
+struct InferenceBody {
+    provider_name: String,
+    model_id: String,
+    verify: Option<bool>,
+    timeout_secs: Option<u64>,
+    route_name: Option<String>,
+}
+
+async fn set_inference(
+    State(state): State<AppState>,
+    Path(gw): Path<String>,
+    Json(body): Json<InferenceBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(state.providers.set_inference(&gateway_name(&gw)?, &body.provider_name).await?))
 }
 
 async fn create(

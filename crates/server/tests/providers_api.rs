@@ -74,3 +74,34 @@ async fn s08_a_provider_attached_to_a_sandbox_cannot_be_deleted() {
     assert!(body["detail"].as_str().unwrap().contains("uses-gh"), "names the sandbox: {body}");
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn s09_inference_routes_check_the_provider_then_say_0_1_gateways_have_none() {
+    let (app, s) = setup().await;
+    assert_eq!(app.post(P, &json!({"name": "nim", "type": "nvidia", "api_key": CANARY})).await.0, 201);
+    let r = app
+        .http
+        .put(format!("{}/api/gateways/gw/inference", app.base))
+        .json(&json!({"provider_name": "ghost", "model_id": "meta/llama-3.1-8b-instruct"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("it has: nim"), "lists the gateway's providers: {body}");
+    let r = app
+        .http
+        .put(format!("{}/api/gateways/gw/inference", app.base))
+        .json(&json!({"provider_name": "nim", "model_id": "meta/llama-3.1-8b-instruct"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 501);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "unsupported_by_gateway");
+    assert!(body["detail"].as_str().unwrap().contains("provider"), "{body}");
+    let (status, body) = app.get("/api/gateways/gw/inference").await;
+    assert_eq!((status, body["code"].as_str()), (501, Some("unsupported_by_gateway")));
+    assert_eq!(app.get("/api/gateways/nope/inference").await.0, 404);
+    s.shutdown().await;
+}

@@ -83,6 +83,9 @@ pub enum ServiceError {
     /// The caller may not do this (e.g. a role a workflow does not count).
     #[error("{message}")]
     Forbidden { message: String },
+    /// The gateway's generation has no such feature.
+    #[error("{message}")]
+    Unsupported { message: String },
 }
 
 impl From<StoreError> for ServiceError {

@@ -44,6 +44,12 @@ pub fn credential_variable(kind: &str) -> &'static str {
     PROVIDER_TYPES.iter().find(|t| t.id == kind).map_or("API_KEY", |t| t.credential_variable)
 }
 
+/// Features that differ between gateway generations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    pub inference_routes: bool,
+}
+
 /// What a create or update carries.
 #[derive(Clone, Debug, Default)]
 pub struct ProviderInput {
@@ -153,6 +159,48 @@ impl ProviderService {
         let p = self.gateways.with_gateway(gw, |c| async move { c.update_provider(&ws(), &spec).await }).await?;
         self.audit(actor, "provider.update", gw, name, Some(&p)).await;
         Ok(p)
+    }
+
+    /// What a gateway generation offers. OpenShell 0.1 gateways have no
+    /// managed inference routes; the flag is the seam for one that does.
+    #[must_use]
+    pub fn capabilities(&self, _gw: &GatewayName) -> Capabilities {
+        Capabilities { inference_routes: false }
+    }
+
+    fn no_inference_routes(gw: &GatewayName) -> ServiceError {
+        ServiceError::Unsupported {
+            message: format!(
+                "gateway {gw} (OpenShell 0.1) has no managed inference routes: give sandboxes a provider for the \
+                 model API and allow its endpoint in their network policy instead"
+            ),
+        }
+    }
+
+    pub async fn inference(&self, gw: &GatewayName) -> Result<serde_json::Value> {
+        self.gateways.get(gw).await?;
+        Err(Self::no_inference_routes(gw))
+    }
+
+    /// Checks what can be checked (the provider must exist on the gateway,
+    /// else the error lists the ones that do), then says routes are not
+    /// offered by this gateway generation.
+    pub async fn set_inference(&self, gw: &GatewayName, provider_name: &str) -> Result<serde_json::Value> {
+        let (providers, _) = self.list(gw, 1000, 0).await?;
+        if !providers.iter().any(|p| p.name == provider_name) {
+            let names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+            return Err(ServiceError::Invalid {
+                field: "provider_name".into(),
+                message: format!(
+                    "gateway {gw} has no provider {:?}; it has: {}",
+                    breakwater_domain::sanitize(provider_name, 64),
+                    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                ),
+            });
+        }
+        // A generation with `capabilities().inference_routes` would set the route here.
+        debug_assert!(!self.capabilities(gw).inference_routes);
+        Err(Self::no_inference_routes(gw))
     }
 
     /// A provider attached to sandboxes cannot go: the conflict names them.
