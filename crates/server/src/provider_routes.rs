@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use breakwater_domain::provider::Provider;
+use breakwater_domain::provider::{Provider, ProviderAttachment};
 use breakwater_domain::{ProviderName, Secret};
 use breakwater_services::providers::{PROVIDER_TYPES, ProviderInput, ProviderType};
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/gateways/{gw}/providers/types", get(types))
         .route("/api/gateways/{gw}/providers/{name}", get(get_one).put(update).delete(delete))
         .route("/api/gateways/{gw}/inference", get(inference).put(set_inference))
+        .route("/api/gateways/{gw}/sandboxes/{name}/providers", get(sandbox_providers).post(attach))
+        .route("/api/gateways/{gw}/sandboxes/{name}/providers/{provider}", axum::routing::delete(detach))
 }
 
 fn provider(raw: &str) -> ApiResult<ProviderName> {
@@ -73,6 +75,42 @@ impl ProviderBody {
             config: self.config,
         }
     }
+}
+
+fn sandbox(raw: &str) -> ApiResult<breakwater_domain::SandboxName> {
+    breakwater_domain::SandboxName::parse(raw).map_err(|e| ApiError::bad_request("name", e.to_string()))
+}
+
+async fn sandbox_providers(
+    State(state): State<AppState>,
+    Path((gw, name)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<Provider>>> {
+    Ok(Json(state.providers.sandbox_providers(&gateway_name(&gw)?, &sandbox(&name)?).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttachBody {
+    provider_name: String,
+}
+
+async fn attach(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((gw, name)): Path<(String, String)>,
+    Json(body): Json<AttachBody>,
+) -> ApiResult<Json<ProviderAttachment>> {
+    let p = provider(&body.provider_name)?;
+    Ok(Json(state.providers.set_attached(&actor, &gateway_name(&gw)?, &sandbox(&name)?, &p, true).await?))
+}
+
+async fn detach(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((gw, name, p)): Path<(String, String, String)>,
+) -> ApiResult<Json<ProviderAttachment>> {
+    let p = provider(&p)?;
+    Ok(Json(state.providers.set_attached(&actor, &gateway_name(&gw)?, &sandbox(&name)?, &p, false).await?))
 }
 
 async fn inference(State(state): State<AppState>, Path(gw): Path<String>) -> ApiResult<Json<serde_json::Value>> {

@@ -105,3 +105,30 @@ async fn s09_inference_routes_check_the_provider_then_say_0_1_gateways_have_none
     assert_eq!(app.get("/api/gateways/nope/inference").await.0, 404);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn attach_list_and_detach_providers_on_a_sandbox() {
+    let (app, s) = setup().await;
+    assert_eq!(app.post(P, &json!({"name": "gh", "type": "github", "api_key": CANARY})).await.0, 201);
+    let sp = "/api/gateways/gw/sandboxes/agent-1/providers";
+    let (status, out) = app.post(sp, &json!({"provider_name": "gh"})).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["changed"], true);
+    assert_eq!(app.post(sp, &json!({"provider_name": "gh"})).await.1["changed"], false, "already attached");
+    let (status, list) = app.get(sp).await;
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["name"], "gh");
+    assert!(!list.to_string().contains(CANARY));
+    assert_eq!(app.delete(&format!("{P}/gh")).await.0, 409, "in use");
+    let (status, out) = app.delete(&format!("{sp}/gh")).await;
+    assert_eq!((status, out["changed"].as_bool()), (200, Some(true)), "{out}");
+    assert_eq!(app.delete(&format!("{P}/gh")).await.0, 200, "free to go now");
+    let (_, audit) = app.get("/api/audit?resource_type=sandbox").await;
+    let actions: Vec<&str> =
+        audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(
+        actions.contains(&"sandbox.provider.attach") && actions.contains(&"sandbox.provider.detach"),
+        "{actions:?}"
+    );
+    s.shutdown().await;
+}

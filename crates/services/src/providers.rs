@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use breakwater_domain::provider::{Provider, ProviderSpec};
+use breakwater_domain::SandboxName;
+use breakwater_domain::provider::{Provider, ProviderAttachment, ProviderSpec};
 use breakwater_domain::registry::GatewayName;
 use breakwater_domain::{PageRequest, ProviderName, Secret, WorkspaceName};
 use breakwater_gateway::{Gateway, GatewayError};
@@ -159,6 +160,44 @@ impl ProviderService {
         let p = self.gateways.with_gateway(gw, |c| async move { c.update_provider(&ws(), &spec).await }).await?;
         self.audit(actor, "provider.update", gw, name, Some(&p)).await;
         Ok(p)
+    }
+
+    pub async fn sandbox_providers(&self, gw: &GatewayName, sb: &SandboxName) -> Result<Vec<Provider>> {
+        let page = PageRequest::first(1000);
+        let got =
+            self.gateways.with_gateway(gw, |c| async move { c.list_sandbox_providers(&ws(), sb, &page).await }).await?;
+        Ok(got.items)
+    }
+
+    /// Attaches (`attach = true`) or detaches a provider; `changed` is false
+    /// when it already was in that state.
+    pub async fn set_attached(
+        &self,
+        actor: &Actor,
+        gw: &GatewayName,
+        sb: &SandboxName,
+        name: &ProviderName,
+        attach: bool,
+    ) -> Result<ProviderAttachment> {
+        let out = self
+            .gateways
+            .with_gateway(gw, |c| async move {
+                if attach { c.attach_provider(&ws(), sb, name).await } else { c.detach_provider(&ws(), sb, name).await }
+            })
+            .await?;
+        let action = if attach { "sandbox.provider.attach" } else { "sandbox.provider.detach" };
+        self.gateways
+            .audit()
+            .log(
+                actor,
+                action,
+                "sandbox",
+                sb.as_str(),
+                Some(gw.as_str()),
+                serde_json::json!({"provider": name.as_str(), "changed": out.changed}),
+            )
+            .await;
+        Ok(out)
     }
 
     /// What a gateway generation offers. OpenShell 0.1 gateways have no
