@@ -52,6 +52,19 @@ impl QueryPairs {
         }
     }
 
+    /// `?label=k:v&label=k2:v2` (every pair must match), ShoreGuard's form.
+    pub fn label_selector(&self) -> Result<breakwater_domain::LabelSelector, ApiError> {
+        let mut pairs = Vec::new();
+        for raw in self.all("label") {
+            let (k, v) = raw
+                .split_once(':')
+                .ok_or_else(|| ApiError::bad_request("label", format!("{raw:?} is not key:value")))?;
+            pairs.push(format!("{k}={v}"));
+        }
+        breakwater_domain::LabelSelector::parse(&pairs.join(","))
+            .map_err(|e| ApiError::bad_request("label", e.to_string()))
+    }
+
     pub fn bool(&self, key: &str) -> Result<bool, ApiError> {
         match self.get(key) {
             None | Some("" | "false" | "0") => Ok(false),

@@ -7,9 +7,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use breakwater_domain::Secret;
 use breakwater_domain::policy::{GatewaySettings, SettingValue};
 use breakwater_domain::registry::{GatewayMetadataPatch, GatewayName, GatewayRecord, GatewayStatus};
-use breakwater_domain::{LabelSelector, Secret};
 use breakwater_services::{ConnectionTest, GatewayInfoView, RegisterGateway};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -142,13 +142,7 @@ async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery, q: QueryPa
     if let Some(body) = state.list_cache.get(&key, generation) {
         return Ok(json_response(body));
     }
-    let mut pairs = Vec::new();
-    for raw in q.all("label") {
-        let (k, v) =
-            raw.split_once(':').ok_or_else(|| ApiError::bad_request("label", format!("{raw:?} is not key:value")))?;
-        pairs.push(format!("{k}={v}"));
-    }
-    let selector = LabelSelector::parse(&pairs.join(",")).map_err(|e| ApiError::bad_request("label", e.to_string()))?;
+    let selector = q.label_selector()?;
     let limit = q.u32("limit", 100, 1000)?.max(1);
     let offset = q.u32("offset", 0, u32::MAX)?;
     let (items, total) = match q.get("runtime").filter(|r| !r.is_empty()) {

@@ -6,7 +6,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use breakwater_domain::LabelSelector;
 use breakwater_domain::sandbox::{ExecOutput, LogLine, Sandbox, SandboxLogs};
 use breakwater_services::sandboxes::{Command, CreateSandbox, ExecInput, LogFilter};
 use serde::{Deserialize, Serialize};
@@ -40,13 +39,7 @@ struct SandboxList {
 
 async fn list(State(state): State<AppState>, Path(gw): Path<String>, q: QueryPairs) -> ApiResult<Json<SandboxList>> {
     let gw = gateway_name(&gw)?;
-    let mut pairs = Vec::new();
-    for raw in q.all("label") {
-        let (k, v) =
-            raw.split_once(':').ok_or_else(|| ApiError::bad_request("label", format!("{raw:?} is not key:value")))?;
-        pairs.push(format!("{k}={v}"));
-    }
-    let selector = LabelSelector::parse(&pairs.join(",")).map_err(|e| ApiError::bad_request("label", e.to_string()))?;
+    let selector = q.label_selector()?;
     let limit = q.u32("limit", 100, 1000)?.max(1);
     let offset = q.u32("offset", 0, u32::MAX)?;
     let (items, has_more) = state.sandboxes.list(&gw, &selector, limit, offset).await?;

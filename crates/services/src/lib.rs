@@ -111,3 +111,30 @@ impl From<DomainError> for ServiceError {
 }
 
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// `limit` items from `offset` of a gateway listing that pages with tokens:
+/// fetches pages of `page_size` until the window is in hand, and says
+/// whether more items follow it.
+pub(crate) async fn window<T, F, Fut>(
+    limit: usize,
+    offset: usize,
+    page_size: u32,
+    mut fetch: F,
+) -> Result<(Vec<T>, bool)>
+where
+    F: FnMut(breakwater_domain::PageRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<breakwater_domain::Page<T>>>,
+{
+    let want = offset + limit;
+    let mut all = Vec::new();
+    let mut page = breakwater_domain::PageRequest::first(page_size);
+    loop {
+        let got = fetch(page).await?;
+        all.extend(got.items);
+        if got.next_page_token.is_empty() || all.len() > want {
+            let more = !got.next_page_token.is_empty() || all.len() > want;
+            return Ok((all.into_iter().skip(offset).take(limit).collect(), more));
+        }
+        page = breakwater_domain::PageRequest { page_size, page_token: got.next_page_token };
+    }
+}

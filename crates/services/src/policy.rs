@@ -22,7 +22,7 @@ use breakwater_domain::policy::{
 use breakwater_domain::policy_yaml::{PolicyDiff, diff, text_diff};
 use breakwater_domain::presets::{MergeOutcome, Preset, built_in};
 use breakwater_domain::registry::GatewayName;
-use breakwater_domain::{PageRequest, SandboxName, WorkspaceName};
+use breakwater_domain::{SandboxName, WorkspaceName};
 use breakwater_gateway::{Gateway, GatewayError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -277,25 +277,11 @@ impl PolicyService {
         limit: u32,
         offset: u32,
     ) -> Result<(Vec<PolicyRevision>, bool)> {
-        let limit = limit.clamp(1, 200) as usize;
-        let want = offset as usize + limit;
-        let mut all = Vec::new();
-        let mut page = PageRequest::first(100);
-        loop {
+        crate::window(limit.clamp(1, 200) as usize, offset as usize, 100, |p| async move {
             let ws = Self::ws();
-            let p = page.clone();
-            let got = self
-                .gateways
-                .with_gateway(gw, |c| async move { c.list_policy_revisions(&ws, sandbox, &p).await })
-                .await?;
-            all.extend(got.items);
-            if got.next_page_token.is_empty() || all.len() > want {
-                let more = !got.next_page_token.is_empty() || all.len() > want;
-                let items = all.into_iter().skip(offset as usize).take(limit).collect();
-                return Ok((items, more));
-            }
-            page = PageRequest { page_size: 100, page_token: got.next_page_token };
-        }
+            self.gateways.with_gateway(gw, |c| async move { c.list_policy_revisions(&ws, sandbox, &p).await }).await
+        })
+        .await
     }
 
     /// What changed from revision `a` to revision `b`.

@@ -78,20 +78,10 @@ impl ProviderService {
     }
 
     pub async fn list(&self, gw: &GatewayName, limit: u32, offset: u32) -> Result<(Vec<Provider>, bool)> {
-        let limit = limit.clamp(1, 1000) as usize;
-        let want = offset as usize + limit;
-        let mut all = Vec::new();
-        let mut page = PageRequest::first(500);
-        loop {
-            let p = page.clone();
-            let got = self.gateways.with_gateway(gw, |c| async move { c.list_providers(&ws(), &p).await }).await?;
-            all.extend(got.items);
-            if got.next_page_token.is_empty() || all.len() > want {
-                let more = !got.next_page_token.is_empty() || all.len() > want;
-                return Ok((all.into_iter().skip(offset as usize).take(limit).collect(), more));
-            }
-            page = PageRequest { page_size: 500, page_token: got.next_page_token };
-        }
+        crate::window(limit.clamp(1, 1000) as usize, offset as usize, 500, |p| async move {
+            self.gateways.with_gateway(gw, |c| async move { c.list_providers(&ws(), &p).await }).await
+        })
+        .await
     }
 
     pub async fn get(&self, gw: &GatewayName, name: &ProviderName) -> Result<Provider> {

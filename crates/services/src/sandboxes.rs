@@ -12,7 +12,7 @@ use breakwater_domain::sandbox::{
     DeletionOutcome, ExecOutput, ExecRequest, LogQuery, NewSandbox, Sandbox, SandboxDeletion, SandboxLogs,
     SandboxPhase, SshSession, WatchEvent, WatchOptions, split_command,
 };
-use breakwater_domain::{LabelSelector, Labels, PageRequest, SandboxName, Secret, WorkspaceName};
+use breakwater_domain::{LabelSelector, Labels, SandboxName, Secret, WorkspaceName};
 use breakwater_gateway::{Gateway, WorkspaceScope};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -254,23 +254,12 @@ impl SandboxService {
         limit: u32,
         offset: u32,
     ) -> Result<(Vec<Sandbox>, bool)> {
-        let limit = limit.clamp(1, 1000) as usize;
-        let want = offset as usize + limit;
-        let mut all = Vec::new();
-        let mut page = PageRequest::first(500);
-        loop {
-            let p = page.clone();
-            let got = self
-                .gateways
+        crate::window(limit.clamp(1, 1000) as usize, offset as usize, 500, |p| async move {
+            self.gateways
                 .with_gateway(gw, |c| async move { c.list_sandboxes(&WorkspaceScope::All, selector, &p).await })
-                .await?;
-            all.extend(got.items);
-            if got.next_page_token.is_empty() || all.len() > want {
-                let more = !got.next_page_token.is_empty() || all.len() > want;
-                return Ok((all.into_iter().skip(offset as usize).take(limit).collect(), more));
-            }
-            page = PageRequest { page_size: 500, page_token: got.next_page_token };
-        }
+                .await
+        })
+        .await
     }
 
     pub async fn get(&self, gw: &GatewayName, sb: &SandboxName) -> Result<Sandbox> {
