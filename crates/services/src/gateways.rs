@@ -408,6 +408,20 @@ impl GatewayService {
         self.0.store.get_gateway(name).await?.ok_or_else(|| not_found(name))
     }
 
+    /// Every registered gateway, straight from the store, in pages.
+    async fn read_all(&self) -> Result<Vec<GatewayRecord>> {
+        let mut all = Vec::new();
+        let mut offset = 0;
+        loop {
+            let (page, total) = self.0.store.list_gateways(&LabelSelector::default(), 1000, offset).await?;
+            offset += u32::try_from(page.len()).unwrap_or(u32::MAX);
+            all.extend(page);
+            if u64::from(offset) >= total || offset == 0 {
+                return Ok(all);
+            }
+        }
+    }
+
     /// Forgets the registry snapshot: the next listing reads the store.
     pub(crate) fn invalidate(&self) {
         self.0.generation.fetch_add(1, Ordering::Relaxed);
@@ -435,16 +449,7 @@ impl GatewayService {
         {
             return Ok((s.generation, s.records.clone()));
         }
-        let mut all = Vec::new();
-        let mut offset = 0;
-        loop {
-            let (page, total) = self.0.store.list_gateways(&LabelSelector::default(), 1000, offset).await?;
-            offset += u32::try_from(page.len()).unwrap_or(u32::MAX);
-            all.extend(page);
-            if u64::from(offset) >= total || offset == 0 {
-                break;
-            }
-        }
+        let all = self.read_all().await?;
         let generation = self.0.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let records = Arc::new(all);
         *guard = Some(Snapshot { taken: Instant::now(), generation, records: records.clone() });
@@ -704,16 +709,7 @@ impl GatewayService {
 
     /// Probes every registered gateway once, concurrently.
     pub async fn sweep(&self, settings: MonitorSettings) -> Result<usize> {
-        let mut all = Vec::new();
-        let mut offset = 0;
-        loop {
-            let (page, total) = self.0.store.list_gateways(&LabelSelector::default(), 1000, offset).await?;
-            offset += u32::try_from(page.len()).unwrap_or(u32::MAX);
-            all.extend(page);
-            if u64::from(offset) >= total || offset == 0 {
-                break;
-            }
-        }
+        let all = self.read_all().await?;
         let n = all.len();
         futures::stream::iter(all)
             .for_each_concurrent(settings.concurrency.max(1), |record| async move {
