@@ -376,11 +376,13 @@ impl ApprovalService {
         wait_loaded: bool,
     ) -> Result<ApproveOutcome> {
         self.policies.check_pin(gw, sb).await?;
-        let chunk = match self.approvable(gw, sb, chunk_id).await? {
-            Ok(pending) => pending,
-            Err(approved) => return Ok(ApproveOutcome::AlreadyApproved { chunk: Box::new(approved) }),
-        };
         if let Some(wf) = self.workflow(gw, sb).await? {
+            // A vote needs a pending chunk; without a workflow `approve_upstream`
+            // does this same read itself, so it is not done twice.
+            let chunk = match self.approvable(gw, sb, chunk_id).await? {
+                Ok(pending) => pending,
+                Err(approved) => return Ok(ApproveOutcome::AlreadyApproved { chunk: Box::new(approved) }),
+            };
             let tally = self.vote(actor, gw, sb, &wf, chunk_id, (Decision::Approve, None)).await?;
             if tally.approvals < wf.required_approvals {
                 return Ok(ApproveOutcome::VoteRecorded { tally });
