@@ -18,6 +18,7 @@ pub mod provider;
 pub mod registry;
 pub mod sandbox;
 pub mod secret;
+pub mod templates;
 
 pub use labels::{LabelSelector, Labels};
 pub use names::{ProviderName, SandboxName, WorkspaceName};

@@ -83,6 +83,35 @@ pub struct Sandbox {
     pub image: String,
     pub providers: Vec<String>,
     pub host_key_fingerprint: String,
+    /// Whether the sandbox asked for a GPU.
+    #[serde(default)]
+    pub gpu: bool,
+    /// Kept by Breakwater, not the gateway (see [`SandboxMetadata`]).
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// What Breakwater keeps about a sandbox beside the gateway: a description,
+/// and labels that replace the gateway's in every view once set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxMetadata {
+    pub gateway: String,
+    pub sandbox: String,
+    pub description: Option<String>,
+    /// `None`: the gateway's labels show.
+    pub labels: Option<BTreeMap<String, String>>,
+    pub updated_by: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl SandboxMetadata {
+    /// Lays this over what the gateway reported.
+    pub fn apply_to(&self, sandbox: &mut Sandbox) {
+        sandbox.description.clone_from(&self.description);
+        if let Some(labels) = &self.labels {
+            sandbox.labels.clone_from(labels);
+        }
+    }
 }
 
 impl Sandbox {
@@ -112,6 +141,10 @@ pub struct NewSandbox {
     pub providers: Vec<String>,
     pub policy: Option<Policy>,
     pub command: Vec<String>,
+    /// Asks for a GPU (the gateway picks which).
+    pub gpu: bool,
+    /// The supervisor's log level; empty for the gateway's default.
+    pub log_level: String,
 }
 
 /// How a delete ended.
@@ -273,6 +306,8 @@ mod tests {
             image: String::new(),
             providers: vec![],
             host_key_fingerprint: String::new(),
+            gpu: false,
+            description: None,
         };
         assert_eq!(sb.status_summary(), "provisioning (SupervisorNotConnected: waiting for supervisor)");
     }

@@ -277,6 +277,10 @@ impl Gateway for GrpcGateway {
             policy: new.policy.as_ref().map(map::policy_to),
             providers: new.providers.clone(),
             command: new.command.clone(),
+            log_level: new.log_level.clone(),
+            resource_requirements: new
+                .gpu
+                .then_some(v1::ResourceRequirements { gpu: Some(v1::GpuResourceRequirements { count: None }) }),
             ..Default::default()
         };
         let req = v1::CreateSandboxRequest {

@@ -181,8 +181,10 @@ pub(crate) fn sandbox(s: v1::Sandbox) -> Sandbox {
         exit_code: status.exit_code,
         restart_count: status.restart_count,
         image: spec.template.map(|t| text(t.image)).unwrap_or_default(),
-        providers: spec.providers.into_iter().map(text).collect(),
+        providers: spec.providers.iter().cloned().map(text).collect(),
         host_key_fingerprint: text(s.host_key_fingerprint),
+        gpu: spec.resource_requirements.is_some_and(|r| r.gpu.is_some()),
+        description: None,
     }
 }
 

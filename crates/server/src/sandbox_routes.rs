@@ -1,4 +1,5 @@
-//! `/api/gateways/{gw}/sandboxes…`: list, get, exec, logs.
+//! `/api/gateways/{gw}/sandboxes…`: create (an operation), list, get,
+//! metadata, delete, stop/start, SSH sessions, exec, logs.
 
 use std::collections::BTreeMap;
 
@@ -6,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use breakwater_domain::registry::GatewayMetadataPatch;
 use breakwater_domain::sandbox::{ExecOutput, LogLine, Sandbox, SandboxLogs};
 use breakwater_services::sandboxes::{Command, CreateSandbox, ExecInput, LogFilter};
 use serde::{Deserialize, Serialize};
@@ -17,12 +19,49 @@ use crate::{ApiError, ApiResult, AppState};
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/gateways/{gw}/sandboxes", get(list).post(create))
-        .route("/api/gateways/{gw}/sandboxes/{name}", get(get_one).delete(delete))
+        .route("/api/gateways/{gw}/sandboxes/{name}", get(get_one).patch(patch).delete(delete))
         .route("/api/gateways/{gw}/sandboxes/{name}/stop", post(stop))
         .route("/api/gateways/{gw}/sandboxes/{name}/start", post(start))
         .route("/api/gateways/{gw}/sandboxes/{name}/ssh", post(ssh).delete(revoke_ssh))
         .route("/api/gateways/{gw}/sandboxes/{name}/exec", post(exec))
         .route("/api/gateways/{gw}/sandboxes/{name}/logs", get(logs))
+        .route("/api/sandbox-templates", get(templates))
+        .route("/api/sandbox-templates/{name}", get(template))
+}
+
+#[derive(Serialize)]
+struct TemplateSummary {
+    name: &'static str,
+    category: &'static str,
+    description: &'static str,
+    image: Option<&'static str>,
+    gpu: bool,
+    presets: &'static [String],
+}
+
+async fn templates(State(state): State<AppState>) -> Json<Vec<TemplateSummary>> {
+    Json(
+        state
+            .sandboxes
+            .templates()
+            .iter()
+            .map(|t| TemplateSummary {
+                name: &t.name,
+                category: &t.category,
+                description: &t.description,
+                image: t.image.as_deref(),
+                gpu: t.gpu,
+                presets: &t.presets,
+            })
+            .collect(),
+    )
+}
+
+async fn template(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<&'static breakwater_domain::templates::SandboxTemplate>> {
+    Ok(Json(state.sandboxes.template(&name)?))
 }
 
 fn sandbox(raw: &str) -> ApiResult<breakwater_domain::SandboxName> {
@@ -60,14 +99,13 @@ struct CreateBody {
     presets: Vec<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
-    // Accepted for ShoreGuard clients; not used by OpenShell 0.1 gateways.
     #[serde(default)]
-    #[allow(dead_code)]
     gpu: bool,
-    #[allow(dead_code)]
     description: Option<String>,
-    #[allow(dead_code)]
     log_level: Option<String>,
+    /// A sandbox template whose defaults fill what the body leaves out.
+    template: Option<String>,
+    // Accepted for ShoreGuard clients; Breakwater runs no create hooks.
     #[serde(default)]
     #[allow(dead_code)]
     skip_hooks: bool,
@@ -91,6 +129,10 @@ async fn create(
         policy: body.policy,
         presets: body.presets,
         labels: body.labels,
+        description: body.description,
+        gpu: body.gpu,
+        log_level: body.log_level,
+        template: body.template,
     };
     let op = state.sandboxes.create(&actor, &gateway_name(&gw)?, input, key).await?;
     let location = format!("/api/operations/{}", op.id);
@@ -113,6 +155,16 @@ async fn create(
 
 async fn get_one(State(state): State<AppState>, Path((gw, name)): Path<(String, String)>) -> ApiResult<Json<Sandbox>> {
     Ok(Json(state.sandboxes.get(&gateway_name(&gw)?, &sandbox(&name)?).await?))
+}
+
+/// Absent keeps, `null` clears.
+async fn patch(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((gw, name)): Path<(String, String)>,
+    Json(patch): Json<GatewayMetadataPatch>,
+) -> ApiResult<Json<Sandbox>> {
+    Ok(Json(state.sandboxes.update_metadata(&actor, &gateway_name(&gw)?, &sandbox(&name)?, &patch).await?))
 }
 
 async fn delete(

@@ -6,20 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestApp, register_body, setup};
+use common::{finished, register_body, setup};
 use serde_json::{Value, json};
 
 const S: &str = "/api/gateways/gw/sandboxes";
-
-async fn finished(app: &TestApp, id: &str) -> Value {
-    for _ in 0..40 {
-        let (_, op) = app.get(&format!("/api/operations/{id}?wait=2")).await;
-        if op["status"] == "succeeded" || op["status"] == "failed" {
-            return op;
-        }
-    }
-    panic!("operation {id} never ended");
-}
 
 #[tokio::test]
 async fn create_with_two_presets_runs_as_an_operation() {
@@ -103,4 +93,64 @@ async fn s06_the_same_name_on_two_gateways_at_once_is_not_blocked() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     s.shutdown().await;
     other.shutdown().await;
+}
+
+#[tokio::test]
+async fn create_keeps_the_description() {
+    let (app, s) = setup().await;
+    let (status, op) = app.post(S, &json!({"name": "described", "description": "for the demo"})).await;
+    assert_eq!(status, 202, "{op}");
+    assert_eq!(finished(&app, op["operation_id"].as_str().unwrap()).await["status"], "succeeded");
+    let (_, sb) = app.get(&format!("{S}/described")).await;
+    assert_eq!(sb["description"], "for the demo", "{sb}");
+    let (status, body) = app.post(S, &json!({"name": "too-long", "description": "x".repeat(1001)})).await;
+    assert_eq!(status, 400, "{body}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn templates_are_listed_and_a_create_from_one_gets_its_defaults() {
+    let (app, s) = setup().await;
+    let (status, list) = app.get("/api/sandbox-templates").await;
+    assert_eq!(status, 200, "{list}");
+    let names: Vec<_> = list.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["data-science", "openclaw", "secure-coding", "web-dev"]);
+    let (status, ds) = app.get("/api/sandbox-templates/data-science").await;
+    assert_eq!(status, 200, "{ds}");
+    assert_eq!(ds["environment"]["CUDA_VISIBLE_DEVICES"], "all");
+    assert_eq!(app.get("/api/sandbox-templates/nope").await.0, 404);
+    let (status, bad) = app.get("/api/sandbox-templates/..%2Fetc").await;
+    assert_eq!(status, 400, "{bad}");
+
+    // data-science names the nvidia provider: the gateway must have it.
+    let provider = json!({"name": "nvidia", "type": "nvidia", "api_key": "nvapi-test"});
+    assert_eq!(app.post("/api/gateways/gw/providers", &provider).await.0, 201);
+    let body = json!({"name": "ds-1", "template": "data-science", "presets": ["github", "pypi"]});
+    let (status, op) = app.post(S, &body).await;
+    assert_eq!(status, 202, "{op}");
+    let done = finished(&app, op["operation_id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The template's presets first, then the request's (no repeats).
+    let presets: Vec<_> = done["result"]["presets"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(presets.len(), 4, "{done}");
+    assert!(done["result"]["presets_failed"].as_array().unwrap().is_empty(), "{done}");
+    let (_, sb) = app.get(&format!("{S}/ds-1")).await;
+    assert_eq!(sb["gpu"], true, "{sb}");
+    assert_eq!(sb["image"], "ghcr.io/nvidia/openshell-community/sandboxes/ollama:latest");
+    assert_eq!(sb["providers"], json!(["nvidia"]));
+    let (_, policy) = app.get(&format!("{S}/ds-1/policy")).await;
+    for key in ["pypi", "huggingface", "docker", "github"] {
+        assert!(policy["policy"]["network_policies"][key].is_object(), "{key} applied: {policy}");
+    }
+    // A request's own image wins over the template's.
+    let (status, op) = app.post(S, &json!({"name": "oc-1", "template": "openclaw", "image": "mine:1"})).await;
+    assert_eq!(status, 202, "{op}");
+    assert_eq!(finished(&app, op["operation_id"].as_str().unwrap()).await["status"], "succeeded");
+    assert_eq!(app.get(&format!("{S}/oc-1")).await.1["image"], "mine:1");
+    let (status, body) = app.post(S, &json!({"name": "x", "template": "nope"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("data-science"), "lists the templates: {body}");
+    let (status, body) = app.post(S, &json!({"name": "x", "log_level": "loud"})).await;
+    assert_eq!(status, 400, "{body}");
+    s.shutdown().await;
 }

@@ -127,3 +127,45 @@ async fn ssh_sessions_s11_stop_start_and_s05_delete() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn metadata_patch_merges_into_get_and_list_filters_on_it_and_delete_forgets_it() {
+    let (app, s) = setup().await;
+    s.seed_sandboxes("default", 3).await.unwrap();
+    let (status, sb) =
+        app.patch(&format!("{S}/agent-1"), &json!({"description": "the build agent", "labels": {"team": "ml"}})).await;
+    assert_eq!(status, 200, "{sb}");
+    assert_eq!((sb["description"].as_str(), sb["labels"]["team"].as_str()), (Some("the build agent"), Some("ml")));
+    let (_, got) = app.get(&format!("{S}/agent-1")).await;
+    assert_eq!(got["description"], "the build agent", "{got}");
+    // The label filter runs over the merged view: exactly the labelled one.
+    let (status, ml) = app.get(&format!("{S}?label=team:ml")).await;
+    assert_eq!(status, 200, "{ml}");
+    let names: Vec<_> = ml["items"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["agent-1"]);
+    let (_, page) = app.get(&format!("{S}?limit=2&offset=1")).await;
+    assert_eq!((page["items"].as_array().unwrap().len(), page["has_more"].as_bool()), (2, Some(true)), "{page}");
+    // Absent keeps; null clears (labels become empty, not the gateway's).
+    let (_, kept) = app.patch(&format!("{S}/agent-1"), &json!({"labels": null})).await;
+    assert_eq!(kept["description"], "the build agent");
+    assert_eq!(kept["labels"], json!({}));
+    let (_, cleared) = app.patch(&format!("{S}/agent-1"), &json!({"description": null})).await;
+    assert!(cleared["description"].is_null(), "{cleared}");
+    // Refused at the edge, with the field named.
+    let (status, body) = app.patch(&format!("{S}/agent-1"), &json!({"labels": {"Bad Key": "x"}})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = app.patch(&format!("{S}/agent-1"), &json!({"description": "x".repeat(1001)})).await;
+    assert_eq!((status, body["errors"][0]["field"].as_str()), (400, Some("description")), "{body}");
+    assert_eq!(app.patch(&format!("{S}/nope"), &json!({"description": "x"})).await.0, 404);
+    let (_, audit) = app.get("/api/audit?action=sandbox.update_metadata").await;
+    assert_eq!(audit["total"], 3, "one entry per change: {audit}");
+    assert_eq!(audit["entries"][0]["actor"], "local-admin");
+
+    app.patch(&format!("{S}/agent-1"), &json!({"description": "again"})).await;
+    assert_eq!(app.delete(&format!("{S}/agent-1")).await.0, 200);
+    assert!(
+        app.store.store.get_sandbox_metadata("gw", "agent-1").await.unwrap().is_none(),
+        "delete forgets our metadata"
+    );
+    s.shutdown().await;
+}

@@ -161,7 +161,21 @@ fn not_found(name: &GatewayName) -> ServiceError {
     ServiceError::NotFound { what: format!("gateway {name}") }
 }
 
-fn check_description(d: Option<&str>) -> Result<()> {
+/// Labels and description as a PATCH sets them (gateways and sandboxes).
+pub(crate) fn check_metadata_patch(patch: &GatewayMetadataPatch) -> Result<()> {
+    if let FieldPatch::Set(labels) = &patch.labels {
+        Labels::parse(labels.clone())?;
+        if labels.len() > 20 {
+            return Err(invalid("labels", "at most 20 labels"));
+        }
+    }
+    if let FieldPatch::Set(d) = &patch.description {
+        check_description(Some(d))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn check_description(d: Option<&str>) -> Result<()> {
     match d {
         Some(d) if d.chars().count() > 1000 => Err(invalid("description", "at most 1000 characters")),
         Some(d) if d.contains('\0') => Err(invalid("description", "may not contain NUL characters")),
@@ -501,15 +515,7 @@ impl GatewayService {
         name: &GatewayName,
         patch: GatewayMetadataPatch,
     ) -> Result<GatewayRecord> {
-        if let FieldPatch::Set(labels) = &patch.labels {
-            Labels::parse(labels.clone())?;
-            if labels.len() > 20 {
-                return Err(invalid("labels", "at most 20 labels"));
-            }
-        }
-        if let FieldPatch::Set(d) = &patch.description {
-            check_description(Some(d))?;
-        }
+        check_metadata_patch(&patch)?;
         if patch == GatewayMetadataPatch::default() {
             // Nothing to change: no write, no audit entry.
             return self.get(name).await;

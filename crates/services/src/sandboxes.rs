@@ -1,6 +1,6 @@
-//! Sandboxes on registered gateways: listing, reading, exec and logs.
-//! (Creation with presets, deletion, SSH sessions and the rest of the
-//! lifecycle arrive with the rest of issue 5.)
+//! Sandboxes on registered gateways: create with presets (as an
+//! operation), list and read with Breakwater's own metadata laid over the
+//! gateway's answer, exec, logs, SSH sessions and the rest of the lifecycle.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,11 +8,13 @@ use std::time::Duration;
 use breakwater_domain::operation::{Operation, OperationError};
 use breakwater_domain::policy::Policy;
 use breakwater_domain::registry::GatewayName;
+use breakwater_domain::registry::{FieldPatch, GatewayMetadataPatch};
 use breakwater_domain::sandbox::{
     DeletionOutcome, ExecOutput, ExecRequest, LogQuery, NewSandbox, Sandbox, SandboxDeletion, SandboxLogs,
-    SandboxPhase, SshSession, WatchEvent, WatchOptions, split_command,
+    SandboxMetadata, SandboxPhase, SshSession, WatchEvent, WatchOptions, split_command,
 };
-use breakwater_domain::{LabelSelector, Labels, SandboxName, Secret, WorkspaceName};
+use breakwater_domain::templates::{self, SandboxTemplate};
+use breakwater_domain::{LabelSelector, Labels, SandboxName, Secret, WorkspaceName, sanitize};
 use breakwater_gateway::{Gateway, WorkspaceScope};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -68,6 +70,37 @@ pub struct CreateSandbox {
     pub policy: Option<Policy>,
     pub presets: Vec<String>,
     pub labels: BTreeMap<String, String>,
+    pub description: Option<String>,
+    pub gpu: bool,
+    pub log_level: Option<String>,
+    /// A built-in template whose defaults fill what this request leaves out.
+    pub template: Option<String>,
+}
+
+impl CreateSandbox {
+    /// Fills what the request left out from the template: image, providers
+    /// (when none are given), environment (the request's values win), GPU,
+    /// and presets (the template's first, then the request's).
+    fn with_template(mut self, t: &SandboxTemplate) -> Self {
+        if self.image.as_deref().is_none_or(str::is_empty) {
+            self.image.clone_from(&t.image);
+        }
+        if self.providers.is_empty() {
+            self.providers.clone_from(&t.providers);
+        }
+        for (k, v) in &t.environment {
+            self.environment.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        self.gpu |= t.gpu;
+        let mut presets = t.presets.clone();
+        for p in self.presets {
+            if !presets.contains(&p) {
+                presets.push(p);
+            }
+        }
+        self.presets = presets;
+        self
+    }
 }
 
 /// Sandboxes. Cheap to clone.
@@ -104,8 +137,16 @@ impl SandboxService {
         input: CreateSandbox,
         idempotency_key: Option<&str>,
     ) -> Result<Operation> {
+        let input = match input.template.clone() {
+            Some(t) => input.with_template(Self::template_for_create(&t)?),
+            None => input,
+        };
         let name = SandboxName::parse(&input.name)?;
         let labels = Labels::parse(input.labels.clone())?;
+        crate::gateways::check_description(input.description.as_deref())?;
+        if let Some(level) = input.log_level.as_deref().filter(|l| !LEVELS.contains(l)) {
+            return Err(invalid("log_level", format!("{:?} is not one of {}", sanitize(level, 32), LEVELS.join(", "))));
+        }
         for preset in &input.presets {
             self.policies.preset(preset)?;
         }
@@ -131,6 +172,17 @@ impl SandboxService {
         if !created {
             return Ok(op);
         }
+        if let Some(description) = input.description.clone() {
+            let meta = SandboxMetadata {
+                gateway: gw.as_str().to_owned(),
+                sandbox: name.as_str().to_owned(),
+                description: Some(description),
+                labels: None,
+                updated_by: actor.name.clone(),
+                updated_at: Utc::now(),
+            };
+            self.gateways.store().put_sandbox_metadata(&meta).await?;
+        }
         self.gateways
             .audit()
             .log(
@@ -139,7 +191,14 @@ impl SandboxService {
                 "sandbox",
                 name.as_str(),
                 Some(gw.as_str()),
-                serde_json::json!({"operation": op.id, "image": input.image, "presets": input.presets, "providers": input.providers}),
+                serde_json::json!({
+                    "operation": op.id,
+                    "template": input.template,
+                    "image": input.image,
+                    "presets": input.presets,
+                    "providers": input.providers,
+                    "gpu": input.gpu,
+                }),
             )
             .await;
         let new = NewSandbox {
@@ -151,12 +210,31 @@ impl SandboxService {
             providers: input.providers.clone(),
             policy,
             command: Vec::new(),
+            gpu: input.gpu,
+            log_level: input.log_level.clone().unwrap_or_default(),
         };
         let (this, actor, gw) = (self.clone(), actor.clone(), gw.clone());
         let id = op.id.clone();
         let _task =
             self.operations.spawn(&op, async move { this.run_create(&actor, &gw, &id, new, input.presets).await });
         Ok(op)
+    }
+
+    /// The built-in templates.
+    #[must_use]
+    pub fn templates(&self) -> &'static [SandboxTemplate] {
+        templates::built_in()
+    }
+
+    pub fn template(&self, name: &str) -> Result<&'static SandboxTemplate> {
+        templates::find(name)?.ok_or_else(|| ServiceError::NotFound { what: format!("sandbox template {name}") })
+    }
+
+    fn template_for_create(name: &str) -> Result<&'static SandboxTemplate> {
+        templates::find(name)?.ok_or_else(|| {
+            let known: Vec<&str> = templates::built_in().iter().map(|t| t.name.as_str()).collect();
+            invalid("template", format!("no template {name:?}; there are: {}", known.join(", ")))
+        })
     }
 
     async fn run_create(
@@ -245,8 +323,11 @@ impl SandboxService {
         }
     }
 
-    /// One page (`limit` from `offset`) over the gateway's own pages, and
-    /// whether more follow.
+    /// One page (`limit` from `offset`) over the gateway's own pages, with
+    /// Breakwater's metadata laid over each sandbox, and whether more follow.
+    /// Labels set here replace the gateway's, so while any exist on this
+    /// gateway a label filter runs over the merged view rather than at the
+    /// gateway.
     pub async fn list(
         &self,
         gw: &GatewayName,
@@ -254,17 +335,96 @@ impl SandboxService {
         limit: u32,
         offset: u32,
     ) -> Result<(Vec<Sandbox>, bool)> {
-        crate::window(limit.clamp(1, 1000) as usize, offset as usize, 500, |p| async move {
-            self.gateways
-                .with_gateway(gw, |c| async move { c.list_sandboxes(&WorkspaceScope::All, selector, &p).await })
-                .await
-        })
-        .await
+        let metadata: BTreeMap<String, SandboxMetadata> = self
+            .gateways
+            .store()
+            .list_sandbox_metadata(gw.as_str())
+            .await?
+            .into_iter()
+            .map(|m| (m.sandbox.clone(), m))
+            .collect();
+        let merge = |mut s: Sandbox| {
+            if let Some(m) = metadata.get(&s.name) {
+                m.apply_to(&mut s);
+            }
+            s
+        };
+        let (limit, offset) = (limit.clamp(1, 1000) as usize, offset as usize);
+        let local_filter = !selector.is_empty() && metadata.values().any(|m| m.labels.is_some());
+        let upstream = if local_filter { LabelSelector::default() } else { selector.clone() };
+        let fetch = |p| {
+            let upstream = &upstream;
+            async move {
+                self.gateways
+                    .with_gateway(gw, |c| async move { c.list_sandboxes(&WorkspaceScope::All, upstream, &p).await })
+                    .await
+            }
+        };
+        if !local_filter {
+            let (items, more) = crate::window(limit, offset, 500, fetch).await?;
+            return Ok((items.into_iter().map(merge).collect(), more));
+        }
+        let (all, _) = crate::window(usize::MAX, 0, 500, fetch).await?;
+        let mut matching = all.into_iter().map(merge).filter(|s| selector.matches(&s.labels)).skip(offset);
+        let items: Vec<Sandbox> = matching.by_ref().take(limit).collect();
+        Ok((items, matching.next().is_some()))
     }
 
     pub async fn get(&self, gw: &GatewayName, sb: &SandboxName) -> Result<Sandbox> {
         let ws = WorkspaceName::default();
-        self.gateways.with_gateway(gw, |c| async move { c.get_sandbox(&ws, sb).await }).await
+        let mut sandbox = self.gateways.with_gateway(gw, |c| async move { c.get_sandbox(&ws, sb).await }).await?;
+        if let Some(m) = self.gateways.store().get_sandbox_metadata(gw.as_str(), sb.as_str()).await? {
+            m.apply_to(&mut sandbox);
+        }
+        Ok(sandbox)
+    }
+
+    /// Sets or clears the description and labels Breakwater keeps (absent
+    /// keeps, `null` clears). Cleared labels are empty, not the gateway's.
+    pub async fn update_metadata(
+        &self,
+        actor: &Actor,
+        gw: &GatewayName,
+        sb: &SandboxName,
+        patch: &GatewayMetadataPatch,
+    ) -> Result<Sandbox> {
+        crate::gateways::check_metadata_patch(patch)?;
+        let mut sandbox = self.get(gw, sb).await?;
+        if *patch == GatewayMetadataPatch::default() {
+            return Ok(sandbox);
+        }
+        let store = self.gateways.store();
+        let mut m = store.get_sandbox_metadata(gw.as_str(), sb.as_str()).await?.unwrap_or_else(|| SandboxMetadata {
+            gateway: gw.as_str().to_owned(),
+            sandbox: sb.as_str().to_owned(),
+            description: None,
+            labels: None,
+            updated_by: String::new(),
+            updated_at: Utc::now(),
+        });
+        match &patch.description {
+            FieldPatch::Keep => {}
+            FieldPatch::Clear => m.description = None,
+            FieldPatch::Set(d) => m.description = Some(d.clone()),
+        }
+        match &patch.labels {
+            FieldPatch::Keep => {}
+            FieldPatch::Clear => m.labels = Some(BTreeMap::new()),
+            FieldPatch::Set(l) => m.labels = Some(l.clone()),
+        }
+        m.updated_by.clone_from(&actor.name);
+        m.updated_at = Utc::now();
+        store.put_sandbox_metadata(&m).await?;
+        self.audit(
+            actor,
+            "sandbox.update_metadata",
+            gw,
+            sb,
+            serde_json::json!({"description": patch.description, "labels": patch.labels}),
+        )
+        .await;
+        m.apply_to(&mut sandbox);
+        Ok(sandbox)
     }
 
     /// Runs a command and collects its output (each stream capped).
@@ -330,6 +490,7 @@ impl SandboxService {
     pub async fn delete(&self, actor: &Actor, gw: &GatewayName, sb: &SandboxName) -> Result<SandboxDeletion> {
         let ws = WorkspaceName::default();
         let out = self.gateways.with_gateway(gw, |c| async move { c.delete_sandbox(&ws, sb, false).await }).await?;
+        self.gateways.store().delete_sandbox_metadata(gw.as_str(), sb.as_str()).await?;
         self.audit(actor, "sandbox.delete", gw, sb, serde_json::json!({"outcome": out.outcome, "id": out.sandbox_id}))
             .await;
         Ok(out)

@@ -21,6 +21,7 @@ use breakwater_domain::registry::{
     AuditEntry, AuditFilter, AuthMode, FieldPatch, GatewayHealth, GatewayMetadataPatch, GatewayName, GatewayRecord,
     GatewayStatus, NewAuditEntry, audit_hash,
 };
+use breakwater_domain::sandbox::SandboxMetadata;
 use breakwater_domain::{LabelSelector, Secret};
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::types::Json;
@@ -178,6 +179,13 @@ pub trait Store: Send + Sync {
     /// start: orphans of a previous process).
     async fn fail_active_operations(&self, before: DateTime<Utc>, code: OperationError, message: &str) -> Result<u64>;
     async fn delete_finished_operations(&self, before: DateTime<Utc>) -> Result<u64>;
+
+    // --- sandbox metadata ---
+    async fn get_sandbox_metadata(&self, gateway: &str, sandbox: &str) -> Result<Option<SandboxMetadata>>;
+    /// Every row of one gateway, by sandbox name.
+    async fn list_sandbox_metadata(&self, gateway: &str) -> Result<Vec<SandboxMetadata>>;
+    async fn put_sandbox_metadata(&self, m: &SandboxMetadata) -> Result<()>;
+    async fn delete_sandbox_metadata(&self, gateway: &str, sandbox: &str) -> Result<bool>;
 }
 
 /// How long to keep retrying while the database is not reachable yet.
@@ -267,7 +275,11 @@ macro_rules! impl_store {
             }
 
             async fn delete_gateway(&self, name: &GatewayName) -> Result<bool> {
-                let done = sqlx::query("DELETE FROM gateways WHERE name = $1").bind(name.as_str()).execute(&self.pool).await?;
+                let mut tx = self.pool.begin().await?;
+                // What we kept about its sandboxes goes with it.
+                sqlx::query("DELETE FROM sandbox_metadata WHERE gateway = $1").bind(name.as_str()).execute(&mut *tx).await?;
+                let done = sqlx::query("DELETE FROM gateways WHERE name = $1").bind(name.as_str()).execute(&mut *tx).await?;
+                tx.commit().await?;
                 Ok(done.rows_affected() > 0)
             }
 
@@ -819,6 +831,57 @@ macro_rules! impl_store {
                 Ok(done.rows_affected())
             }
 
+            async fn get_sandbox_metadata(&self, gateway: &str, sandbox: &str) -> Result<Option<SandboxMetadata>> {
+                let row = sqlx::query(
+                    "SELECT gateway, sandbox, description, labels, updated_by, updated_at FROM sandbox_metadata \
+                     WHERE gateway = $1 AND sandbox = $2",
+                )
+                .bind(gateway)
+                .bind(sandbox)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|r| sandbox_metadata_from_row(&r)).transpose()
+            }
+
+            async fn list_sandbox_metadata(&self, gateway: &str) -> Result<Vec<SandboxMetadata>> {
+                let rows = sqlx::query(
+                    "SELECT gateway, sandbox, description, labels, updated_by, updated_at FROM sandbox_metadata \
+                     WHERE gateway = $1 ORDER BY sandbox",
+                )
+                .bind(gateway)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(|r| sandbox_metadata_from_row(r)).collect()
+            }
+
+            async fn put_sandbox_metadata(&self, m: &SandboxMetadata) -> Result<()> {
+                let labels = m.labels.as_ref().map(|l| serde_json::to_string(l).unwrap_or_else(|_| "{}".into()));
+                sqlx::query(
+                    "INSERT INTO sandbox_metadata (gateway, sandbox, description, labels, updated_by, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (gateway, sandbox) DO UPDATE SET \
+                     description = excluded.description, labels = excluded.labels, \
+                     updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+                )
+                .bind(&m.gateway)
+                .bind(&m.sandbox)
+                .bind(&m.description)
+                .bind(labels)
+                .bind(&m.updated_by)
+                .bind(m.updated_at.trunc_subsecs(6))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn delete_sandbox_metadata(&self, gateway: &str, sandbox: &str) -> Result<bool> {
+                let done = sqlx::query("DELETE FROM sandbox_metadata WHERE gateway = $1 AND sandbox = $2")
+                    .bind(gateway)
+                    .bind(sandbox)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
             async fn chunk_actions(&self, gateway: &str, sandbox: &str) -> Result<Vec<ChunkAction>> {
                 let rows = sqlx::query(
                     "SELECT chunk_id, action, actor, at FROM chunk_actions WHERE gateway = $1 AND sandbox = $2 \
@@ -968,6 +1031,27 @@ where
         error: row.try_get("error")?,
         actor: row.try_get("actor")?,
         created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn sandbox_metadata_from_row<R: Row>(row: &R) -> Result<SandboxMetadata>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    DateTime<Utc>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let labels: Option<String> = row.try_get("labels")?;
+    Ok(SandboxMetadata {
+        gateway: row.try_get("gateway")?,
+        sandbox: row.try_get("sandbox")?,
+        description: row.try_get("description")?,
+        labels: labels
+            .map(|l| serde_json::from_str(&l))
+            .transpose()
+            .map_err(|_| StoreError::Corrupt("sandbox labels are not a JSON object".into()))?,
+        updated_by: row.try_get("updated_by")?,
         updated_at: row.try_get("updated_at")?,
     })
 }

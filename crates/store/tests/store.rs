@@ -290,3 +290,36 @@ async fn pins_workflows_votes_and_exactly_one_outcome_claim() {
         assert_eq!(s.chunk_actions("gw", "sb").await.unwrap()[0].actor, "bob");
     }
 }
+
+#[tokio::test]
+async fn sandbox_metadata_round_trips_and_goes_with_its_gateway() {
+    use breakwater_domain::sandbox::SandboxMetadata;
+    for t in both().await {
+        let s = &t.store;
+        s.insert_gateway(&gw("meta", &[])).await.unwrap();
+        let m = |sb: &str, labels: Option<&[(&str, &str)]>| SandboxMetadata {
+            gateway: "meta".into(),
+            sandbox: sb.into(),
+            description: Some(format!("about {sb}")),
+            labels: labels.map(|l| l.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+            updated_by: "alice".into(),
+            updated_at: chrono::Utc::now(),
+        };
+        s.put_sandbox_metadata(&m("b", None)).await.unwrap();
+        s.put_sandbox_metadata(&m("a", Some(&[("team", "ml")]))).await.unwrap();
+        let got = s.get_sandbox_metadata("meta", "a").await.unwrap().unwrap();
+        assert_eq!(got.labels.unwrap()["team"], "ml", "{}", t.backend);
+        assert_eq!(got.description.as_deref(), Some("about a"));
+        let none = s.get_sandbox_metadata("meta", "b").await.unwrap().unwrap();
+        assert_eq!(none.labels, None, "{}: no labels is not empty labels", t.backend);
+        // An upsert replaces.
+        s.put_sandbox_metadata(&m("a", Some(&[]))).await.unwrap();
+        assert_eq!(s.get_sandbox_metadata("meta", "a").await.unwrap().unwrap().labels, Some(BTreeMap::new()));
+        let all = s.list_sandbox_metadata("meta").await.unwrap();
+        assert_eq!(all.iter().map(|m| m.sandbox.as_str()).collect::<Vec<_>>(), ["a", "b"], "{}", t.backend);
+        assert!(s.delete_sandbox_metadata("meta", "b").await.unwrap());
+        assert!(!s.delete_sandbox_metadata("meta", "b").await.unwrap());
+        s.delete_gateway(&GatewayName::parse("meta").unwrap()).await.unwrap();
+        assert!(s.list_sandbox_metadata("meta").await.unwrap().is_empty(), "{}", t.backend);
+    }
+}

@@ -176,3 +176,14 @@ pub async fn create_sandbox(s: &Sim, policy: &Value) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Follows an operation (long polls) until it ends.
+pub async fn finished(app: &TestApp, id: &str) -> Value {
+    for _ in 0..40 {
+        let (_, op) = app.get(&format!("/api/operations/{id}?wait=2")).await;
+        if op["status"] == "succeeded" || op["status"] == "failed" {
+            return op;
+        }
+    }
+    panic!("operation {id} never ended");
+}
