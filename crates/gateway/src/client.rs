@@ -510,6 +510,21 @@ impl Gateway for GrpcGateway {
         Ok(map::deletion(resp.outcome))
     }
 
+    async fn delete_provider_profile(&self, ws: &WorkspaceName, id: &str) -> Result<DeletionOutcome> {
+        let req = v1::DeleteProviderProfileRequest {
+            id: id.to_owned(),
+            workspace_scope: scope(ws),
+            allow_missing: false,
+            request_id: request_id(),
+        };
+        let resp = self
+            .unary("DeleteProviderProfile", Idempotency::Keyed, req, |mut c, r| async move {
+                c.delete_provider_profile(r).await
+            })
+            .await?;
+        Ok(map::deletion(resp.outcome))
+    }
+
     async fn list_provider_profiles(&self, ws: &WorkspaceName, page: &PageRequest) -> Result<Page<ProviderProfile>> {
         let req = v1::ListProviderProfilesRequest {
             page_size: page_size(page),

@@ -116,6 +116,7 @@ pub trait Gateway: Send + Sync {
     ) -> Result<DeletionOutcome>;
     async fn list_provider_profiles(&self, ws: &WorkspaceName, page: &PageRequest) -> Result<Page<ProviderProfile>>;
     async fn get_provider_profile(&self, ws: &WorkspaceName, id: &str) -> Result<ProviderProfile>;
+    async fn delete_provider_profile(&self, ws: &WorkspaceName, id: &str) -> Result<DeletionOutcome>;
     async fn list_sandbox_providers(
         &self,
         ws: &WorkspaceName,

@@ -1,4 +1,5 @@
-//! `/api/gateways/{gw}/providers…`: provider CRUD and the type table.
+//! `/api/gateways/{gw}/providers…`: provider CRUD, types, inference
+//! providers, community sandboxes, provider profiles, attachments.
 
 use std::collections::BTreeMap;
 
@@ -6,9 +7,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use breakwater_domain::provider::{Provider, ProviderAttachment};
+use breakwater_domain::provider::{Provider, ProviderAttachment, ProviderProfile};
 use breakwater_domain::{ProviderName, Secret};
-use breakwater_services::providers::{PROVIDER_TYPES, ProviderInput, ProviderType};
+use breakwater_services::providers::{
+    COMMUNITY_SANDBOXES, CommunitySandbox, InferenceProvider, ProviderInput, ProviderTypeView,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::extract::{Caller, QueryPairs};
@@ -19,6 +22,10 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/gateways/{gw}/providers", get(list).post(create))
         .route("/api/gateways/{gw}/providers/types", get(types))
+        .route("/api/gateways/{gw}/providers/inference-providers", get(inference_providers))
+        .route("/api/gateways/{gw}/providers/community-sandboxes", get(community_sandboxes))
+        .route("/api/gateways/{gw}/provider-profiles", get(profiles))
+        .route("/api/gateways/{gw}/provider-profiles/{id}", get(profile).delete(delete_profile))
         .route("/api/gateways/{gw}/providers/{name}", get(get_one).put(update).delete(delete))
         .route("/api/gateways/{gw}/inference", get(inference).put(set_inference))
         .route("/api/gateways/{gw}/sandboxes/{name}/providers", get(sandbox_providers).post(attach))
@@ -44,9 +51,60 @@ async fn list(State(state): State<AppState>, Path(gw): Path<String>, q: QueryPai
     Ok(Json(ProviderList { items, limit, offset, has_more }))
 }
 
-async fn types(Path(gw): Path<String>) -> ApiResult<Json<&'static [ProviderType]>> {
-    gateway_name(&gw)?;
-    Ok(Json(PROVIDER_TYPES))
+/// The gateway's own provider profiles first, then the built-in types it
+/// has none for (each says its `source`).
+async fn types(State(state): State<AppState>, Path(gw): Path<String>) -> ApiResult<Json<Vec<ProviderTypeView>>> {
+    Ok(Json(state.providers.types(&gateway_name(&gw)?).await?))
+}
+
+async fn inference_providers(
+    State(state): State<AppState>,
+    Path(gw): Path<String>,
+) -> ApiResult<Json<Vec<InferenceProvider>>> {
+    Ok(Json(state.providers.inference_providers(&gateway_name(&gw)?).await?))
+}
+
+async fn community_sandboxes(
+    State(state): State<AppState>,
+    Path(gw): Path<String>,
+) -> ApiResult<Json<&'static [CommunitySandbox]>> {
+    state.gateways.get(&gateway_name(&gw)?).await?;
+    Ok(Json(COMMUNITY_SANDBOXES))
+}
+
+#[derive(Serialize)]
+struct ProfileList {
+    items: Vec<ProviderProfile>,
+    total: usize,
+    limit: u32,
+    offset: u32,
+}
+
+async fn profiles(
+    State(state): State<AppState>,
+    Path(gw): Path<String>,
+    q: QueryPairs,
+) -> ApiResult<Json<ProfileList>> {
+    let limit = q.u32("limit", 100, 1000)?.max(1);
+    let offset = q.u32("offset", 0, u32::MAX)?;
+    let (items, total) = state.providers.list_profiles(&gateway_name(&gw)?, limit, offset).await?;
+    Ok(Json(ProfileList { items, total, limit, offset }))
+}
+
+async fn profile(
+    State(state): State<AppState>,
+    Path((gw, id)): Path<(String, String)>,
+) -> ApiResult<Json<ProviderProfile>> {
+    Ok(Json(state.providers.get_profile(&gateway_name(&gw)?, &id).await?))
+}
+
+async fn delete_profile(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((gw, id)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let outcome = state.providers.delete_profile(&actor, &gateway_name(&gw)?, &id).await?;
+    Ok(Json(serde_json::json!({"deleted": true, "id": id, "outcome": outcome})))
 }
 
 async fn get_one(State(state): State<AppState>, Path((gw, name)): Path<(String, String)>) -> ApiResult<Json<Provider>> {

@@ -132,3 +132,56 @@ async fn attach_list_and_detach_providers_on_a_sandbox() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_gateways_profiles_are_preferred_and_the_built_in_table_fills_in() {
+    let (app, s) = setup().await;
+    // `aws` is only a gateway profile: its variable comes from the gateway.
+    let (status, aws) = app.post(P, &json!({"name": "cloud", "type": "aws", "api_key": CANARY})).await;
+    assert_eq!(status, 201, "{aws}");
+    assert_eq!(aws["credential_keys"], json!(["AWS_ACCESS_KEY_ID"]));
+    // An empty value deletes a key (the gateway's merge rule).
+    let put = |body: Value| {
+        let (http, url) = (app.http.clone(), format!("{}{P}/cloud", app.base));
+        async move { http.put(url).json(&body).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let more = put(json!({"credentials": {"AWS_SECRET_ACCESS_KEY": CANARY}})).await;
+    assert_eq!(more["credential_keys"].as_array().unwrap().len(), 2, "{more}");
+    let less = put(json!({"credentials": {"AWS_SECRET_ACCESS_KEY": ""}})).await;
+    assert_eq!(less["credential_keys"], json!(["AWS_ACCESS_KEY_ID"]), "{less}");
+
+    let (status, types) = app.get(&format!("{P}/types")).await;
+    assert_eq!(status, 200, "{types}");
+    let find = |id: &str| types.as_array().unwrap().iter().find(|t| t["id"] == id).cloned().unwrap();
+    assert_eq!(find("aws")["source"], "gateway");
+    assert_eq!(find("claude")["source"], "built_in", "the table fills in what the gateway lacks");
+    let (_, inference) = app.get(&format!("{P}/inference-providers")).await;
+    let anthropic = inference.as_array().unwrap().iter().find(|i| i["id"] == "anthropic").unwrap();
+    assert_eq!(
+        (anthropic["source"].as_str(), anthropic["example_model"].as_str()),
+        (Some("gateway"), Some("claude-sonnet-4-20250514"))
+    );
+    let (_, community) = app.get(&format!("{P}/community-sandboxes")).await;
+    assert_eq!(community.as_array().unwrap().len(), 4, "{community}");
+    assert_eq!(app.get("/api/gateways/missing/providers/community-sandboxes").await.0, 404);
+
+    let profiles = "/api/gateways/gw/provider-profiles";
+    let (status, page) = app.get(&format!("{profiles}?limit=2")).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let total = page["total"].as_u64().unwrap();
+    assert!(total > 2, "{page}");
+    let (status, github) = app.get(&format!("{profiles}/github")).await;
+    assert_eq!((status, github["credentials"][0]["env_vars"][0].as_str()), (200, Some("GITHUB_TOKEN")), "{github}");
+    assert_eq!(app.delete(&format!("{profiles}/github")).await.0, 200);
+    assert_eq!(app.get(&format!("{profiles}/github")).await.0, 404);
+    assert_eq!(app.get(profiles).await.1["total"].as_u64(), Some(total - 1));
+    assert_eq!(app.delete(&format!("{profiles}/github")).await.0, 404);
+    assert_eq!(app.get(&format!("{profiles}/bad%20id")).await.0, 400);
+    let (_, types) = app.get(&format!("{P}/types")).await;
+    let github = types.as_array().unwrap().iter().find(|t| t["id"] == "github").unwrap();
+    assert_eq!(github["source"], "built_in", "{github}");
+    let (_, audit) = app.get("/api/audit?action=provider_profile.delete").await;
+    assert_eq!(audit["total"], 1);
+    s.shutdown().await;
+}

@@ -6,8 +6,9 @@
 use std::collections::BTreeMap;
 
 use breakwater_domain::SandboxName;
-use breakwater_domain::provider::{Provider, ProviderAttachment, ProviderSpec};
+use breakwater_domain::provider::{Provider, ProviderAttachment, ProviderProfile, ProviderSpec};
 use breakwater_domain::registry::GatewayName;
+use breakwater_domain::sandbox::DeletionOutcome;
 use breakwater_domain::{PageRequest, ProviderName, Secret, WorkspaceName};
 use breakwater_gateway::{Gateway, GatewayError};
 use serde::Serialize;
@@ -38,6 +39,75 @@ pub const PROVIDER_TYPES: &[ProviderType] = &[
     ProviderType { id: "generic", label: "Generic", credential_variable: "API_KEY" },
 ];
 
+/// A provider type as the types list shows it: the gateway's own profile
+/// where it has one, else the built-in table's entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProviderTypeView {
+    pub id: String,
+    pub label: String,
+    pub credential_variable: String,
+    pub category: Option<String>,
+    /// `gateway` or `built_in`.
+    pub source: &'static str,
+}
+
+/// A model API a sandbox can reach through a provider.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InferenceProvider {
+    pub id: String,
+    pub label: String,
+    /// Free text: models are not a fixed list.
+    pub example_model: String,
+    pub credential_variable: String,
+    pub source: &'static str,
+}
+
+const INFERENCE_PROVIDERS: &[(&str, &str, &str, &str)] = &[
+    ("nvidia", "NVIDIA NIM", "meta/llama-3.1-8b-instruct", "NVIDIA_API_KEY"),
+    ("anthropic", "Anthropic", "claude-sonnet-4-20250514", "ANTHROPIC_API_KEY"),
+    ("openai", "OpenAI", "gpt-4o", "OPENAI_API_KEY"),
+];
+
+/// A published sandbox image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CommunitySandbox {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Empty: the gateway's default image.
+    pub image: &'static str,
+}
+
+pub const COMMUNITY_SANDBOXES: &[CommunitySandbox] = &[
+    CommunitySandbox {
+        name: "base",
+        description: "foundational image with pre-installed agents (claude-code, opencode, codex, copilot)",
+        image: "",
+    },
+    CommunitySandbox {
+        name: "openclaw",
+        description: "open agent framework; default provider nvidia",
+        image: "ghcr.io/nvidia/openshell-community/sandboxes/openclaw:latest",
+    },
+    CommunitySandbox {
+        name: "ollama",
+        description: "local LLM inference with Ollama",
+        image: "ghcr.io/nvidia/openshell-community/sandboxes/ollama:latest",
+    },
+    CommunitySandbox {
+        name: "sdg",
+        description: "synthetic data generation",
+        image: "ghcr.io/nvidia/openshell-community/sandboxes/sdg:latest",
+    },
+];
+
+/// The variable a profile's primary credential fills: its first required
+/// credential's first variable, else its first variable at all.
+fn profile_variable(p: &ProviderProfile) -> Option<&str> {
+    let first =
+        |required: bool| p.credentials.iter().filter(|c| !required || c.required).find_map(|c| c.env_vars.first());
+    first(true).or_else(|| first(false)).map(String::as_str)
+}
+
 /// The variable a provider type's primary key fills (`API_KEY` for types
 /// the table does not know).
 #[must_use]
@@ -59,6 +129,20 @@ pub struct ProviderInput {
     pub api_key: Option<Secret>,
     pub credentials: BTreeMap<String, Secret>,
     pub config: BTreeMap<String, String>,
+}
+
+fn profile_id(raw: &str) -> Result<String> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 128
+        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(ServiceError::Invalid {
+            field: "profile_id".into(),
+            message: "letters, digits, '-', '_' or '.' (at most 128)".into(),
+        })
+    }
 }
 
 /// Providers on registered gateways. Cheap to clone.
@@ -88,10 +172,129 @@ impl ProviderService {
         self.gateways.with_gateway(gw, |c| async move { c.get_provider(&ws(), name).await }).await
     }
 
-    fn spec(name: &ProviderName, kind: String, input: ProviderInput) -> Result<ProviderSpec> {
+    /// Every profile the gateway offers; `None` when its generation has none.
+    async fn profiles(&self, gw: &GatewayName) -> Result<Option<Vec<ProviderProfile>>> {
+        let all = crate::window(usize::MAX, 0, 200, |p| async move {
+            self.gateways.with_gateway(gw, |c| async move { c.list_provider_profiles(&ws(), &p).await }).await
+        })
+        .await;
+        match all {
+            Ok((items, _)) => Ok(Some(items)),
+            Err(ServiceError::Gateway(GatewayError::Unimplemented { .. })) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The gateway's profiles first, then the built-in types it has no
+    /// profile for.
+    pub async fn types(&self, gw: &GatewayName) -> Result<Vec<ProviderTypeView>> {
+        let profiles = self.profiles(gw).await?.unwrap_or_default();
+        let mut out: Vec<ProviderTypeView> = profiles
+            .iter()
+            .map(|p| ProviderTypeView {
+                id: p.id.clone(),
+                label: if p.display_name.is_empty() { p.id.clone() } else { p.display_name.clone() },
+                credential_variable: profile_variable(p).unwrap_or_else(|| credential_variable(&p.id)).to_owned(),
+                category: Some(p.category.clone()).filter(|c| !c.is_empty()),
+                source: "gateway",
+            })
+            .collect();
+        for t in PROVIDER_TYPES {
+            if !out.iter().any(|v| v.id == t.id) {
+                out.push(ProviderTypeView {
+                    id: t.id.to_owned(),
+                    label: t.label.to_owned(),
+                    credential_variable: t.credential_variable.to_owned(),
+                    category: None,
+                    source: "built_in",
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The model APIs sandboxes can reach through a provider: the built-in
+    /// list, with the gateway's variables where it has a profile, then the
+    /// gateway's other inference-capable profiles.
+    pub async fn inference_providers(&self, gw: &GatewayName) -> Result<Vec<InferenceProvider>> {
+        let profiles = self.profiles(gw).await?.unwrap_or_default();
+        let mut out: Vec<InferenceProvider> = INFERENCE_PROVIDERS
+            .iter()
+            .map(|(id, label, model, var)| {
+                let profile = profiles.iter().find(|p| p.id == *id);
+                InferenceProvider {
+                    id: (*id).to_owned(),
+                    label: (*label).to_owned(),
+                    example_model: (*model).to_owned(),
+                    credential_variable: profile.and_then(profile_variable).unwrap_or(var).to_owned(),
+                    source: if profile.is_some() { "gateway" } else { "built_in" },
+                }
+            })
+            .collect();
+        for p in profiles.iter().filter(|p| p.inference_capable) {
+            if !out.iter().any(|i| i.id == p.id) {
+                out.push(InferenceProvider {
+                    id: p.id.clone(),
+                    label: p.display_name.clone(),
+                    example_model: String::new(),
+                    credential_variable: profile_variable(p).unwrap_or("API_KEY").to_owned(),
+                    source: "gateway",
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// One window of the gateway's profiles and how many there are.
+    pub async fn list_profiles(
+        &self,
+        gw: &GatewayName,
+        limit: u32,
+        offset: u32,
+    ) -> Result<(Vec<ProviderProfile>, usize)> {
+        let all = self.profiles(gw).await?.ok_or_else(|| ServiceError::Unsupported {
+            message: format!("gateway {gw} has no provider profiles (an older OpenShell generation)"),
+        })?;
+        let total = all.len();
+        Ok((all.into_iter().skip(offset as usize).take(limit.clamp(1, 1000) as usize).collect(), total))
+    }
+
+    pub async fn get_profile(&self, gw: &GatewayName, id: &str) -> Result<ProviderProfile> {
+        let id = profile_id(id)?;
+        self.gateways.with_gateway(gw, |c| async move { c.get_provider_profile(&ws(), &id).await }).await
+    }
+
+    pub async fn delete_profile(&self, actor: &Actor, gw: &GatewayName, id: &str) -> Result<DeletionOutcome> {
+        let id = profile_id(id)?;
+        let id_ref = &id;
+        let out =
+            self.gateways.with_gateway(gw, |c| async move { c.delete_provider_profile(&ws(), id_ref).await }).await?;
+        self.gateways
+            .audit()
+            .log(actor, "provider_profile.delete", "provider_profile", &id, Some(gw.as_str()), serde_json::json!({}))
+            .await;
+        Ok(out)
+    }
+
+    /// The variable the primary key of `kind` fills: the gateway's profile
+    /// for that type where it has one, else the built-in table.
+    async fn primary_variable(&self, gw: &GatewayName, kind: &str) -> Result<String> {
+        let got = self.gateways.with_gateway(gw, |c| async move { c.get_provider_profile(&ws(), kind).await }).await;
+        match got {
+            Ok(p) => Ok(profile_variable(&p).unwrap_or_else(|| credential_variable(kind)).to_owned()),
+            Err(ServiceError::Gateway(
+                GatewayError::NotFound { .. }
+                | GatewayError::Unimplemented { .. }
+                | GatewayError::InvalidArgument { .. },
+            )) => Ok(credential_variable(kind).to_owned()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn spec(name: &ProviderName, kind: String, primary: &str, input: ProviderInput) -> Result<ProviderSpec> {
         let mut credentials = input.credentials;
         if let Some(key) = input.api_key {
-            credentials.insert(credential_variable(&kind).to_owned(), key);
+            credentials.insert(primary.to_owned(), key);
         }
         for k in credentials.keys() {
             if k.is_empty() || k.len() > 128 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
@@ -127,7 +330,8 @@ impl ProviderService {
             field: "type".into(),
             message: "a provider needs a type (anthropic, openai, github, generic, ...)".into(),
         })?;
-        let spec = Self::spec(name, kind, input)?;
+        let primary = self.primary_variable(gw, &kind).await?;
+        let spec = Self::spec(name, kind, &primary, input)?;
         let p = self.gateways.with_gateway(gw, |c| async move { c.create_provider(&ws(), &spec).await }).await?;
         self.audit(actor, "provider.create", gw, name, Some(&p)).await;
         Ok(p)
@@ -146,7 +350,8 @@ impl ProviderService {
             Some(k) => k,
             None => self.get(gw, name).await?.kind,
         };
-        let spec = Self::spec(name, kind, input)?;
+        let primary = if input.api_key.is_some() { self.primary_variable(gw, &kind).await? } else { String::new() };
+        let spec = Self::spec(name, kind, &primary, input)?;
         let p = self.gateways.with_gateway(gw, |c| async move { c.update_provider(&ws(), &spec).await }).await?;
         self.audit(actor, "provider.update", gw, name, Some(&p)).await;
         Ok(p)

@@ -1164,7 +1164,7 @@ impl OpenShell for SimService {
         self.enter("ListProviderProfiles", r.metadata()).await?;
         let req = r.into_inner();
         let (offset, size) = page_bounds(req.page_size, &req.page_token)?;
-        let all = crate::profiles::builtin();
+        let all = lock(&self.0).profiles.clone();
         let total = all.len();
         Ok(Response::new(v1::ListProviderProfilesResponse {
             profiles: all.into_iter().skip(offset).take(size).collect(),
@@ -1178,11 +1178,32 @@ impl OpenShell for SimService {
     ) -> Res<v1::ProviderProfileResponse> {
         self.enter("GetProviderProfile", r.metadata()).await?;
         let id = r.into_inner().id;
-        let profile = crate::profiles::builtin()
-            .into_iter()
+        let profile = lock(&self.0)
+            .profiles
+            .iter()
             .find(|p| p.id == id)
+            .cloned()
             .ok_or_else(|| Status::not_found(format!("provider profile {id:?} not found")))?;
         Ok(Response::new(v1::ProviderProfileResponse { profile: Some(profile) }))
+    }
+
+    async fn delete_provider_profile(
+        &self,
+        r: Request<v1::DeleteProviderProfileRequest>,
+    ) -> Res<v1::DeleteProviderProfileResponse> {
+        self.enter("DeleteProviderProfile", r.metadata()).await?;
+        let req = r.into_inner();
+        let mut st = lock(&self.0);
+        let before = st.profiles.len();
+        st.profiles.retain(|p| p.id != req.id);
+        let outcome = if st.profiles.len() < before {
+            v1::DeletionOutcome::Completed
+        } else if req.allow_missing {
+            v1::DeletionOutcome::AlreadyAbsent
+        } else {
+            return Err(Status::not_found(format!("provider profile {:?} not found", req.id)));
+        };
+        Ok(Response::new(v1::DeleteProviderProfileResponse { outcome: outcome as i32 }))
     }
 
     async fn list_sandbox_providers(

@@ -139,6 +139,8 @@ pub(crate) struct State {
     /// Keyed by (workspace, name): listing order is stable.
     pub sandboxes: BTreeMap<(String, String), SandboxRec>,
     pub providers: BTreeMap<(String, String), ProviderRec>,
+    /// Provider profiles (the built-in ones until deleted), shared by workspaces.
+    pub profiles: Vec<v1::ProviderProfile>,
     /// SSH token → sandbox id.
     pub ssh_sessions: HashMap<String, String>,
     pub gateway_settings: BTreeMap<String, sb::SettingValue>,
@@ -155,6 +157,7 @@ impl State {
             workspaces: BTreeMap::new(),
             sandboxes: BTreeMap::new(),
             providers: BTreeMap::new(),
+            profiles: crate::profiles::builtin(),
             ssh_sessions: HashMap::new(),
             gateway_settings: BTreeMap::new(),
             settings_revision: 1,
