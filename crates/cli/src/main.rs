@@ -321,12 +321,14 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
         breakwater_services::policy::load_presets(args.presets_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let events = EventBus::default();
     let policies = PolicyService::new(gateways.clone(), events.clone(), presets);
-    let approvals = ApprovalService::new(gateways.clone(), policies.clone(), events);
+    let approvals = ApprovalService::new(gateways.clone(), policies.clone(), events.clone());
     // Operations a previous process left active can never finish: say so.
-    let operations = OperationService::new(store.clone(), audit.clone());
+    let operations = OperationService::new(store.clone(), audit.clone()).with_events(events);
     let sandboxes = SandboxService::new(gateways.clone(), operations.clone(), policies.clone());
     let providers = ProviderService::new(gateways.clone());
     operations.recover_orphans().await.map_err(|e| anyhow::anyhow!("recovering operations: {e}"))?;
+    // Stops with the monitor's token, like retention.
+    let _cleanup = operations.spawn_cleanup(Duration::from_secs(300), stop.clone());
     if !args.bind.is_loopback() && args.allowed_hosts.is_empty() {
         tracing::warn!(bind = %args.bind, "listening beyond loopback without --allowed-host: any Host header is accepted");
     }

@@ -81,7 +81,10 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request<Body>,
         )
         .into_response();
     }
-    if !safe_method(req.method())
+    // A WebSocket upgrade is a GET, but a page elsewhere opening one would
+    // read the stream with the user's authority: treat it like a write.
+    let upgrade = req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if (upgrade || !safe_method(req.method()))
         && let Some(origin) = req.headers().get(header::ORIGIN)
     {
         let origin = origin.to_str().unwrap_or("null");

@@ -11,6 +11,7 @@ mod error;
 mod extract;
 mod gateway_routes;
 mod guard;
+mod live_routes;
 mod local_routes;
 mod operation_routes;
 mod policy_routes;
@@ -76,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sandbox_routes::routes())
         .merge(provider_routes::routes())
         .merge(audit_routes::routes())
+        .merge(live_routes::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .layer(axum::middleware::from_fn(problem_request_id))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

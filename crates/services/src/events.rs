@@ -40,6 +40,44 @@ pub enum Event {
         chunk_id: String,
         actor: String,
     },
+    /// A create operation finished with the sandbox ready.
+    SandboxCreated {
+        gateway: String,
+        sandbox: String,
+    },
+    SandboxDeleted {
+        gateway: String,
+        sandbox: String,
+    },
+    /// An operation changed status or progress.
+    OperationChanged {
+        id: String,
+        gateway: Option<String>,
+        resource_type: String,
+        resource_name: String,
+        status: String,
+        progress: u8,
+        message: Option<String>,
+    },
+}
+
+impl Event {
+    /// Whether this is news about sandbox `sandbox` on gateway `gateway`.
+    #[must_use]
+    pub fn concerns(&self, gateway: &str, sandbox: &str) -> bool {
+        match self {
+            Self::PolicyUpdated { gateway: g, sandbox: s, .. }
+            | Self::ApprovalPending { gateway: g, sandbox: s, .. }
+            | Self::ApprovalEscalated { gateway: g, sandbox: s, .. }
+            | Self::ApprovalApproved { gateway: g, sandbox: s, .. }
+            | Self::ApprovalRejected { gateway: g, sandbox: s, .. }
+            | Self::SandboxCreated { gateway: g, sandbox: s }
+            | Self::SandboxDeleted { gateway: g, sandbox: s } => g == gateway && s == sandbox,
+            Self::OperationChanged { gateway: g, resource_type, resource_name, .. } => {
+                g.as_deref() == Some(gateway) && resource_type == "sandbox" && resource_name == sandbox
+            }
+        }
+    }
 }
 
 /// A broadcast channel of [`Event`]s. Cheap to clone.

@@ -13,6 +13,7 @@ use breakwater_store::{OperationInsert, Store};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{Event, EventBus};
 use crate::{Actor, AuditService, Result, ServiceError};
 
 /// Messages and results are capped: an operation row is not a log file.
@@ -38,6 +39,8 @@ pub struct OperationService {
     tasks: Arc<Mutex<HashMap<String, CancellationToken>>>,
     /// Ids of operations that just changed, for long polls and streams.
     changes: tokio::sync::broadcast::Sender<String>,
+    /// Where progress is announced to live views (none until wired).
+    events: Option<EventBus>,
 }
 
 fn capped(message: &str) -> String {
@@ -47,7 +50,14 @@ fn capped(message: &str) -> String {
 impl OperationService {
     #[must_use]
     pub fn new(store: Arc<dyn Store>, audit: AuditService) -> Self {
-        Self { store, audit, tasks: Arc::default(), changes: tokio::sync::broadcast::channel(1024).0 }
+        Self { store, audit, tasks: Arc::default(), changes: tokio::sync::broadcast::channel(1024).0, events: None }
+    }
+
+    /// Announces every change on `events` as well.
+    #[must_use]
+    pub fn with_events(mut self, events: EventBus) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Creates a pending operation, or returns the one the same idempotency
@@ -157,6 +167,17 @@ impl OperationService {
             op.updated_at = Utc::now();
             self.store.save_operation(&op).await?;
             let _ = self.changes.send(op.id.clone());
+            if let Some(events) = &self.events {
+                events.publish(Event::OperationChanged {
+                    id: op.id.clone(),
+                    gateway: op.gateway.clone(),
+                    resource_type: op.resource_type.clone(),
+                    resource_name: op.resource_name.clone(),
+                    status: op.status.as_str().to_owned(),
+                    progress: op.progress,
+                    message: op.message.clone(),
+                });
+            }
         }
         Ok(op)
     }
@@ -320,6 +341,31 @@ impl OperationService {
         let keep_before = now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(7));
         let deleted = self.store.delete_finished_operations(keep_before).await?;
         Ok((failed, deleted))
+    }
+
+    /// No operation runs this long (the longest exec is an hour): one still
+    /// active after it has lost its task.
+    pub const STUCK_AFTER: Duration = Duration::from_secs(2 * 3600);
+    /// Finished operations are kept this long for clients to read.
+    pub const KEEP_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// Runs [`OperationService::cleanup`] every `every` until `stop`.
+    #[must_use]
+    pub fn spawn_cleanup(&self, every: Duration, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => match this.cleanup(Self::STUCK_AFTER, Self::KEEP_FINISHED).await {
+                        Ok((0, 0)) => {}
+                        Ok((failed, deleted)) => tracing::info!(failed, deleted, "operations cleaned up"),
+                        Err(e) => tracing::warn!(error = %e, "operation cleanup failed"),
+                    },
+                }
+            }
+        })
     }
 
     /// On shutdown: stop every task and leave its operation terminal.

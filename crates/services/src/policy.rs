@@ -206,6 +206,11 @@ impl PolicyService {
         Self { gateways, events, presets: Arc::new(presets) }
     }
 
+    /// The bus policy and approval news goes to (sandbox news joins it).
+    pub(crate) fn events(&self) -> &EventBus {
+        &self.events
+    }
+
     fn ws() -> WorkspaceName {
         WorkspaceName::default()
     }

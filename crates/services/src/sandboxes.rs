@@ -19,7 +19,11 @@ use breakwater_gateway::{Gateway, WorkspaceScope};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
+use crate::events::Event;
 use crate::{Actor, GatewayService, NewOperation, OperationService, PolicyService, Result, ServiceError};
+
+mod live;
+pub use live::{LiveFeed, LiveFrame, LiveSettings};
 
 /// An exec without `timeout_seconds` gets this much.
 pub const EXEC_DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -110,12 +114,20 @@ pub struct SandboxService {
     operations: OperationService,
     policies: PolicyService,
     ready_deadline: Duration,
+    live: LiveSettings,
 }
 
 impl SandboxService {
     #[must_use]
     pub fn new(gateways: GatewayService, operations: OperationService, policies: PolicyService) -> Self {
-        Self { gateways, operations, policies, ready_deadline: Duration::from_secs(180) }
+        Self { gateways, operations, policies, ready_deadline: Duration::from_secs(180), live: LiveSettings::default() }
+    }
+
+    /// Queue size, heartbeat and reconnect pause for live views.
+    #[must_use]
+    pub fn with_live_settings(mut self, live: LiveSettings) -> Self {
+        self.live = live;
+        self
     }
 
     /// How long a create waits for READY (180 s unless changed).
@@ -271,6 +283,9 @@ impl SandboxService {
             let percent = u8::try_from(40 + 60 * (i + 1) / n).unwrap_or(100);
             let _ = self.operations.progress(op, percent, &format!("preset {preset} done")).await;
         }
+        self.policies
+            .events()
+            .publish(Event::SandboxCreated { gateway: gw.as_str().to_owned(), sandbox: name.as_str().to_owned() });
         let failed: Vec<&String> = statuses.iter().filter(|(_, v)| v["status"] == "failed").map(|(k, _)| k).collect();
         Ok(serde_json::json!({
             "sandbox": name.as_str(),
@@ -491,6 +506,9 @@ impl SandboxService {
         let ws = WorkspaceName::default();
         let out = self.gateways.with_gateway(gw, |c| async move { c.delete_sandbox(&ws, sb, false).await }).await?;
         self.gateways.store().delete_sandbox_metadata(gw.as_str(), sb.as_str()).await?;
+        self.policies
+            .events()
+            .publish(Event::SandboxDeleted { gateway: gw.as_str().to_owned(), sandbox: sb.as_str().to_owned() });
         self.audit(actor, "sandbox.delete", gw, sb, serde_json::json!({"outcome": out.outcome, "id": out.sandbox_id}))
             .await;
         Ok(out)

@@ -251,6 +251,12 @@ impl Sim {
             .map_err(|s| anyhow::anyhow!("{}", s.message()))
     }
 
+    /// A line in the sandbox's log, as if the sandbox wrote it (the text is
+    /// kept as given, control characters included).
+    pub fn inject_log(&self, workspace: &str, sandbox: &str, level: &str, message: &str) -> anyhow::Result<()> {
+        self.service.inject_log(workspace, sandbox, level, message).map_err(|s| anyhow::anyhow!("{}", s.message()))
+    }
+
     /// Creates `n` sandboxes named `sim-0000`, `sim-0001`, ... through the
     /// service itself, so they behave exactly like created ones.
     pub async fn seed_sandboxes(&self, workspace: &str, n: usize) -> anyhow::Result<()> {

@@ -412,6 +412,13 @@ impl SimService {
 
     /// Turns a denied connection into a pending draft chunk (or bumps the hit
     /// count of the chunk that already proposes it). Returns the chunk id.
+    pub(crate) fn inject_log(&self, ws: &str, sandbox: &str, level: &str, message: &str) -> Result<(), Status> {
+        let mut st = lock(&self.0);
+        let rec = st.sandbox_mut(ws, sandbox)?;
+        self.log(rec, level, "sandbox", message.to_owned());
+        Ok(())
+    }
+
     pub(crate) fn inject_denial(
         &self,
         ws: &str,

@@ -39,9 +39,10 @@ pub async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools:
     let stop = CancellationToken::new();
     let _monitor = gateways.spawn_monitor(monitor, stop.clone());
     let local = LocalGatewayManager::new(gateways.clone(), tools);
-    let operations =
-        breakwater_services::OperationService::new(store.store.clone(), AuditService::new(store.store.clone()));
     let events = breakwater_services::EventBus::default();
+    let operations =
+        breakwater_services::OperationService::new(store.store.clone(), AuditService::new(store.store.clone()))
+            .with_events(events.clone());
     let policies = breakwater_services::PolicyService::new(
         gateways.clone(),
         events.clone(),
@@ -50,7 +51,13 @@ pub async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools:
     let approvals = breakwater_services::ApprovalService::new(gateways.clone(), policies.clone(), events)
         .with_wait_cap(Duration::from_secs(2));
     let sandboxes = breakwater_services::SandboxService::new(gateways.clone(), operations.clone(), policies.clone())
-        .with_ready_deadline(Duration::from_secs(2));
+        .with_ready_deadline(Duration::from_secs(2))
+        .with_live_settings(breakwater_services::sandboxes::LiveSettings {
+            queue: 64,
+            heartbeat: Duration::from_millis(300),
+            retry: Duration::from_millis(200),
+            log_tail: 50,
+        });
     let providers = breakwater_services::ProviderService::new(gateways.clone());
     let state = AppState {
         store: store.store.clone(),
