@@ -7,9 +7,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use breakwater_domain::operation::Operation;
 use breakwater_domain::registry::GatewayMetadataPatch;
-use breakwater_domain::sandbox::{ExecOutput, LogLine, Sandbox, SandboxLogs};
-use breakwater_services::sandboxes::{Command, CreateSandbox, ExecInput, LogFilter};
+use breakwater_domain::sandbox::{LogLine, Sandbox, SandboxLogs};
+use breakwater_services::sandboxes::{Command, CreateSandbox, ExecInput, ExecStarted, LogFilter};
 use serde::{Deserialize, Serialize};
 
 use crate::extract::{Caller, QueryPairs};
@@ -119,8 +120,6 @@ async fn create(
     headers: HeaderMap,
     Json(body): Json<CreateBody>,
 ) -> ApiResult<axum::response::Response> {
-    use axum::response::IntoResponse;
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty() && k.len() <= 200);
     let input = CreateSandbox {
         name: body.name,
         image: body.image,
@@ -134,7 +133,17 @@ async fn create(
         log_level: body.log_level,
         template: body.template,
     };
-    let op = state.sandboxes.create(&actor, &gateway_name(&gw)?, input, key).await?;
+    let op = state.sandboxes.create(&actor, &gateway_name(&gw)?, input, idempotency_key(&headers)).await?;
+    Ok(accepted(&op))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Option<&str> {
+    headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty() && k.len() <= 200)
+}
+
+/// 202 with the operation to follow (`Location`, `Retry-After`).
+fn accepted(op: &Operation) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let location = format!("/api/operations/{}", op.id);
     let body = serde_json::json!({
         "operation_id": op.id,
@@ -142,7 +151,7 @@ async fn create(
         "resource_type": op.resource_type,
         "resource_name": op.resource_name,
     });
-    Ok((
+    (
         axum::http::StatusCode::ACCEPTED,
         [
             (axum::http::header::LOCATION, HeaderValue::from_str(&location).unwrap_or(HeaderValue::from_static("/"))),
@@ -150,7 +159,7 @@ async fn create(
         ],
         Json(body),
     )
-        .into_response())
+        .into_response()
 }
 
 async fn get_one(State(state): State<AppState>, Path((gw, name)): Path<(String, String)>) -> ApiResult<Json<Sandbox>> {
@@ -263,12 +272,17 @@ struct ExecBody {
     tty: bool,
 }
 
+/// 200 with the output when the command may run at most
+/// `EXEC_SYNC_MAX`; else, or with `Prefer: respond-async`, 202 with an
+/// operation whose result is the output.
 async fn exec(
     State(state): State<AppState>,
     Caller(actor): Caller,
     Path((gw, name)): Path<(String, String)>,
+    headers: HeaderMap,
     Json(body): Json<ExecBody>,
-) -> ApiResult<Json<ExecOutput>> {
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     let input = ExecInput {
         command: match body.command {
             CommandBody::Argv(v) => Command::Argv(v),
@@ -278,7 +292,19 @@ async fn exec(
         env: body.env,
         timeout_seconds: body.timeout_seconds,
     };
-    Ok(Json(state.sandboxes.exec(&actor, &gateway_name(&gw)?, &sandbox(&name)?, input).await?))
+    let prefer_async = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("respond-async")));
+    let started = state
+        .sandboxes
+        .exec_or_start(&actor, &gateway_name(&gw)?, &sandbox(&name)?, input, prefer_async, idempotency_key(&headers))
+        .await?;
+    Ok(match started {
+        ExecStarted::Done(out) => Json(out).into_response(),
+        ExecStarted::Operation(op) => accepted(&op),
+    })
 }
 
 /// A bare list, as ShoreGuard's clients read it; the gateway's buffer size

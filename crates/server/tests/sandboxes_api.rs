@@ -169,3 +169,65 @@ async fn metadata_patch_merges_into_get_and_list_filters_on_it_and_delete_forget
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn s02_exec_returns_at_the_exit_code_whether_the_stream_closes_at_once_or_lingers() {
+    let (app, s) = setup().await;
+    let exec = format!("{S}/agent-1/exec");
+    // The sim closes the stream right after the output and exit code.
+    let started = std::time::Instant::now();
+    let (status, out) = app.post(&exec, &json!({"command": ["echo", "hi"]})).await;
+    assert_eq!((status, out["stdout"].as_str(), out["exit_code"].as_i64()), (200, Some("hi\n"), Some(0)), "{out}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+    // A gateway that keeps the stream open after the exit code must not hold the call.
+    s.faults().set_exec_linger(std::time::Duration::from_secs(30));
+    let started = std::time::Instant::now();
+    let (status, out) = app.post(&exec, &json!({"command": ["exit", "7"]})).await;
+    assert_eq!((status, out["exit_code"].as_i64()), (200, Some(7)), "{out}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_long_exec_runs_as_an_operation_whose_result_is_the_output() {
+    let (app, s) = setup().await;
+    let exec = format!("{S}/agent-1/exec");
+    // Allowed to run longer than the synchronous limit: an operation.
+    let (status, op) = app.post(&exec, &json!({"command": "echo 'long job'", "timeout_seconds": 600})).await;
+    assert_eq!(status, 202, "{op}");
+    assert_eq!(op["resource_type"], "sandbox_exec");
+    assert!(op["resource_name"].as_str().unwrap().starts_with("agent-1/"), "{op}");
+    let done = common::finished(&app, op["operation_id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        (done["result"]["stdout"].as_str(), done["result"]["exit_code"].as_i64()),
+        (Some("long job\n"), Some(0))
+    );
+    // Two at once on one sandbox are fine: each exec is its own resource.
+    let a = app.post(&exec, &json!({"command": ["sleep", "0.3"], "timeout_seconds": 900})).await.1;
+    let b = app.post(&exec, &json!({"command": ["sleep", "0.3"], "timeout_seconds": 900})).await.1;
+    assert_ne!(a["operation_id"], b["operation_id"]);
+    for op in [a, b] {
+        assert_eq!(common::finished(&app, op["operation_id"].as_str().unwrap()).await["status"], "succeeded");
+    }
+    // `Prefer: respond-async` asks for an operation whatever the timeout.
+    let r = app
+        .http
+        .post(format!("{}{exec}", app.base))
+        .header("prefer", "respond-async")
+        .json(&json!({"command": ["true"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    assert!(r.headers()["location"].to_str().unwrap().starts_with("/api/operations/"));
+    // Refusals come before any operation exists.
+    let (status, body) = app.post(&exec, &json!({"command": "echo \"hi", "timeout_seconds": 600})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(app.post(&format!("{S}/nope/exec"), &json!({"command": ["true"], "timeout_seconds": 600})).await.0, 404);
+    let (_, audit) = app.get("/api/audit?action=sandbox.exec").await;
+    assert_eq!(audit["total"], 4, "one entry per exec: {audit}");
+    assert!(audit["entries"][0]["detail"]["operation"].is_string(), "{audit}");
+    assert_eq!(audit["entries"][0]["client_ip"], "127.0.0.1", "the caller's address, taken when the request came");
+    s.shutdown().await;
+}

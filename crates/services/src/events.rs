@@ -74,7 +74,13 @@ impl Event {
             | Self::SandboxCreated { gateway: g, sandbox: s }
             | Self::SandboxDeleted { gateway: g, sandbox: s } => g == gateway && s == sandbox,
             Self::OperationChanged { gateway: g, resource_type, resource_name, .. } => {
-                g.as_deref() == Some(gateway) && resource_type == "sandbox" && resource_name == sandbox
+                g.as_deref() == Some(gateway)
+                    && match resource_type.as_str() {
+                        "sandbox" => resource_name == sandbox,
+                        // Long execs are named `{sandbox}/{id}`.
+                        "sandbox_exec" => resource_name.strip_prefix(sandbox).is_some_and(|rest| rest.starts_with('/')),
+                        _ => false,
+                    }
             }
         }
     }

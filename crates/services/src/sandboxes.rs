@@ -31,6 +31,17 @@ pub const EXEC_DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const EXEC_MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Each of stdout and stderr is cut at this size.
 pub const EXEC_OUTPUT_CAP: usize = 1024 * 1024;
+/// An exec allowed to run longer than this runs as an operation.
+pub const EXEC_SYNC_MAX: Duration = Duration::from_secs(120);
+
+/// How an exec request was taken on.
+#[derive(Debug)]
+pub enum ExecStarted {
+    /// It ran within the request.
+    Done(ExecOutput),
+    /// It runs as this operation; its result is the output.
+    Operation(Operation),
+}
 
 /// A command as clients send it: an argument vector, or one string split
 /// the way a shell splits words (no expansion).
@@ -450,6 +461,67 @@ impl SandboxService {
         sb: &SandboxName,
         input: ExecInput,
     ) -> Result<ExecOutput> {
+        let request = Self::exec_request(input)?;
+        self.run_exec(actor, gw, sb, request, true).await
+    }
+
+    /// Runs a command in the caller's request when it is short, or as an
+    /// operation when it may run long (`timeout_seconds` above
+    /// [`EXEC_SYNC_MAX`]) or the caller asked for one.
+    pub async fn exec_or_start(
+        &self,
+        actor: &Actor,
+        gw: &GatewayName,
+        sb: &SandboxName,
+        input: ExecInput,
+        prefer_operation: bool,
+        idempotency_key: Option<&str>,
+    ) -> Result<ExecStarted> {
+        let request = Self::exec_request(input)?;
+        if !prefer_operation && request.timeout.is_some_and(|t| t <= EXEC_SYNC_MAX) {
+            return Ok(ExecStarted::Done(self.run_exec(actor, gw, sb, request, true).await?));
+        }
+        self.get(gw, sb).await?;
+        // Each long exec is its own resource, so several may run at once.
+        let resource = format!("{sb}/{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let (op, created) = self
+            .operations
+            .create_tracked(
+                actor,
+                NewOperation {
+                    gateway: Some(gw.as_str()),
+                    resource_type: "sandbox_exec",
+                    resource_name: &resource,
+                    action: "exec",
+                    idempotency_key: idempotency_key.map(|k| ("POST /api/gateways/{gw}/sandboxes/{name}/exec", k)),
+                },
+            )
+            .await?;
+        if created {
+            // Recorded when it starts: whoever started it is known even if
+            // the server dies before it ends. The exit code is in the result.
+            let detail = serde_json::json!({
+                "command": request.command,
+                "env": request.environment.keys().collect::<Vec<_>>(),
+                "operation": op.id,
+            });
+            self.audit(actor, "sandbox.exec", gw, sb, detail).await;
+            let (this, actor, gw, sb, id) = (self.clone(), actor.clone(), gw.clone(), sb.clone(), op.id.clone());
+            let _task = self.operations.spawn(&op, async move {
+                let _ = this.operations.progress(&id, 10, "running").await;
+                match this.run_exec(&actor, &gw, &sb, request, false).await {
+                    Ok(out) => serde_json::to_value(out).map_err(|e| (OperationError::Internal, e.to_string())),
+                    Err(ServiceError::Gateway(g)) if g.is_connection_failure() => {
+                        Err((OperationError::GatewayUnavailable, g.to_string()))
+                    }
+                    Err(e) => Err((OperationError::Gateway, e.to_string())),
+                }
+            });
+        }
+        Ok(ExecStarted::Operation(op))
+    }
+
+    fn exec_request(input: ExecInput) -> Result<ExecRequest> {
         let argv = match input.command {
             Command::Argv(v) if v.is_empty() || v[0].is_empty() => {
                 return Err(invalid("command", "the command is empty"));
@@ -468,32 +540,36 @@ impl SandboxService {
             }
             Some(s) => Duration::from_secs(s),
         };
-        let request = ExecRequest {
-            command: argv.clone(),
+        Ok(ExecRequest {
+            command: argv,
             workdir: input.workdir.unwrap_or_default(),
-            environment: input.env.clone(),
+            environment: input.env,
             stdin: Vec::new(),
             timeout: Some(timeout),
-        };
+        })
+    }
+
+    async fn run_exec(
+        &self,
+        actor: &Actor,
+        gw: &GatewayName,
+        sb: &SandboxName,
+        request: ExecRequest,
+        audit: bool,
+    ) -> Result<ExecOutput> {
         let ws = WorkspaceName::default();
+        let request = &request;
         let out =
-            self.gateways.with_gateway(gw, |c| async move { c.exec(&ws, sb, &request, EXEC_OUTPUT_CAP).await }).await?;
-        // The command is recorded; environment values may be secrets, so only their names.
-        self.gateways
-            .audit()
-            .log(
-                actor,
-                "sandbox.exec",
-                "sandbox",
-                sb.as_str(),
-                Some(gw.as_str()),
-                serde_json::json!({
-                    "command": argv,
-                    "env": input.env.keys().collect::<Vec<_>>(),
-                    "exit_code": out.exit_code,
-                }),
-            )
-            .await;
+            self.gateways.with_gateway(gw, |c| async move { c.exec(&ws, sb, request, EXEC_OUTPUT_CAP).await }).await?;
+        if audit {
+            // The command is recorded; environment values may be secrets, so only their names.
+            let detail = serde_json::json!({
+                "command": request.command,
+                "env": request.environment.keys().collect::<Vec<_>>(),
+                "exit_code": out.exit_code,
+            });
+            self.audit(actor, "sandbox.exec", gw, sb, detail).await;
+        }
         Ok(out)
     }
 

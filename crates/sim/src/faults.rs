@@ -80,6 +80,8 @@ pub struct Faults {
     ssh_host_override: Mutex<Option<String>>,
     /// Revisions stay PENDING forever (for "never loads" tests).
     hold_policy_loads: AtomicBool,
+    /// How long an exec stream stays open after its exit event.
+    exec_linger: Mutex<Duration>,
     /// When set, every call but Health needs `authorization: Bearer <token>`.
     bearer_token: Mutex<Option<String>>,
 }
@@ -162,6 +164,17 @@ impl Faults {
     #[must_use]
     pub fn ssh_host_override(&self) -> Option<String> {
         self.ssh_host_override.lock().unwrap().clone()
+    }
+
+    /// Keeps every exec stream open this long after its exit event, like a
+    /// gateway slow to close (zero, the default: it closes at once).
+    pub fn set_exec_linger(&self, linger: Duration) {
+        *self.exec_linger.lock().unwrap() = linger;
+    }
+
+    #[must_use]
+    pub fn exec_linger(&self) -> Duration {
+        *self.exec_linger.lock().unwrap()
     }
 
     pub fn set_hold_policy_loads(&self, hold: bool) {

@@ -865,6 +865,7 @@ impl OpenShell for SimService {
             (rec.id().to_owned(), crate::exec::run(&req.command, &env, &req.workdir, &req.stdin))
         };
         let limit = req.execution_timeout.and_then(|d| Duration::try_from(d).ok()).filter(|d| !d.is_zero());
+        let linger = self.0.faults.exec_linger();
         let (tx, rx) = mpsc::channel(16);
         let shutdown = self.0.shutdown.clone();
         tokio::spawn(async move {
@@ -913,6 +914,12 @@ impl OpenShell for SimService {
                     payload: Some(Payload::Exit(v1::ExecSandboxExit { exit_code: code })),
                 }))
                 .await;
+            if !linger.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(linger) => {}
+                    () = tx.closed() => {}
+                }
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
