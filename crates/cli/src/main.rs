@@ -97,6 +97,11 @@ struct ServerArgs {
     /// Delete audit entries older than this many days, once a day (0 keeps them forever).
     #[arg(long, env = "BREAKWATER_AUDIT_RETENTION_DAYS", default_value_t = 0)]
     audit_retention_days: u32,
+    /// This replica's name among those sharing a PostgreSQL database; keep
+    /// it the same across restarts (default: host name and port; `local` on
+    /// SQLite, which one process uses at a time).
+    #[arg(long, env = "BREAKWATER_INSTANCE_ID")]
+    instance_id: Option<String>,
     /// A host name clients use to reach this server (repeatable). Requests
     /// naming another Host are refused, which stops DNS-rebinding attacks.
     /// Loopback names are always allowed on a loopback bind.
@@ -128,6 +133,22 @@ impl ServerArgs {
         tools
     }
 
+    fn instance_id(&self) -> String {
+        if let Some(id) = &self.instance_id {
+            return id.clone();
+        }
+        if self.database_url.is_none() {
+            return "local".to_owned();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        format!("{host}:{}", self.port)
+    }
+
     fn host_guard(&self) -> HostGuard {
         if self.bind.is_loopback() {
             HostGuard::loopback(&self.allowed_hosts)
@@ -142,6 +163,9 @@ impl ServerArgs {
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        if self.instance_id.as_ref().is_some_and(|i| i.is_empty() || i.len() > 200 || i.chars().any(char::is_control)) {
+            bail!("--instance-id must be 1-200 printable characters");
+        }
         if self.audit_retention_days > AuditService::MAX_RETENTION_DAYS {
             bail!("--audit-retention-days must be at most {}", AuditService::MAX_RETENTION_DAYS);
         }
@@ -274,6 +298,7 @@ fn config_show(args: &ServerArgs) -> anyhow::Result<()> {
         "log_format": format!("{:?}", args.log_format).to_lowercase(),
         "openshell_config_dir": args.local_tools().openshell_config_dir,
         "audit_retention_days": args.audit_retention_days,
+        "instance_id": args.instance_id(),
         "auth": "local mode: every request acts as local-admin (identity arrives with issue 6)",
     });
     println!("{}", serde_json::to_string_pretty(&shown)?);
@@ -323,12 +348,13 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
     let policies = PolicyService::new(gateways.clone(), events.clone(), presets);
     let approvals = ApprovalService::new(gateways.clone(), policies.clone(), events.clone());
     // Operations a previous process left active can never finish: say so.
-    let operations = OperationService::new(store.clone(), audit.clone()).with_events(events);
+    let operations =
+        OperationService::new(store.clone(), audit.clone()).with_events(events).with_instance(&args.instance_id());
     let sandboxes = SandboxService::new(gateways.clone(), operations.clone(), policies.clone());
     let providers = ProviderService::new(gateways.clone());
     operations.recover_orphans().await.map_err(|e| anyhow::anyhow!("recovering operations: {e}"))?;
     // Stops with the monitor's token, like retention.
-    let _cleanup = operations.spawn_cleanup(Duration::from_secs(300), stop.clone());
+    let _housekeeping = operations.spawn_housekeeping(Duration::from_secs(300), stop.clone());
     if !args.bind.is_loopback() && args.allowed_hosts.is_empty() {
         tracing::warn!(bind = %args.bind, "listening beyond loopback without --allowed-host: any Host header is accepted");
     }

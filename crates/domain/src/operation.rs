@@ -92,6 +92,9 @@ pub struct Operation {
     pub error_code: Option<OperationError>,
     pub error: Option<String>,
     pub actor: String,
+    /// The replica whose task runs it (`None` for one no task runs).
+    #[serde(default)]
+    pub owner: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

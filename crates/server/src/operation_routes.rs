@@ -28,7 +28,8 @@ pub(crate) fn routes() -> Router<AppState> {
 
 #[derive(Serialize)]
 struct OperationList {
-    items: Vec<Operation>,
+    /// `operations`, not `items`: the name ShoreGuard's clients read.
+    operations: Vec<Operation>,
     total: u64,
     limit: u32,
     offset: u32,
@@ -45,9 +46,9 @@ async fn list(State(state): State<AppState>, q: QueryPairs) -> ApiResult<Json<Op
     let resource_type = q.get("resource_type").filter(|s| !s.is_empty());
     let limit = q.u32("limit", 50, 200)?.max(1);
     let offset = q.u32("offset", 0, u32::MAX)?;
-    let (items, total) = state.operations.list(status, resource_type, limit, offset).await?;
+    let (operations, total) = state.operations.list(status, resource_type, limit, offset).await?;
     let counts = state.operations.status_counts().await?.into_iter().map(|(s, n)| (s.as_str(), n)).collect();
-    Ok(Json(OperationList { items, total, limit, offset, counts }))
+    Ok(Json(OperationList { operations, total, limit, offset, counts }))
 }
 
 /// `?wait=N` (seconds, at most 60): answers as soon as the operation changes

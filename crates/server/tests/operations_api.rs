@@ -28,6 +28,7 @@ async fn list_get_wait_stream_and_cancel() {
     let (status, list) = app.get("/api/operations?status=pending&resource_type=sandbox").await;
     assert_eq!(status, 200);
     assert_eq!(list["total"], 1);
+    assert_eq!(list["operations"][0]["id"], op.id.as_str(), "ShoreGuard's clients read `operations`: {list}");
     assert_eq!(list["counts"]["pending"], 1);
     assert_eq!(app.get("/api/operations?status=sleeping").await.0, 400);
     assert_eq!(app.get("/api/operations/nope").await.0, 404);

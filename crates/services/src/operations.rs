@@ -41,6 +41,8 @@ pub struct OperationService {
     changes: tokio::sync::broadcast::Sender<String>,
     /// Where progress is announced to live views (none until wired).
     events: Option<EventBus>,
+    /// This replica, as operations' `owner` and in heartbeats.
+    instance: Arc<str>,
 }
 
 fn capped(message: &str) -> String {
@@ -50,7 +52,28 @@ fn capped(message: &str) -> String {
 impl OperationService {
     #[must_use]
     pub fn new(store: Arc<dyn Store>, audit: AuditService) -> Self {
-        Self { store, audit, tasks: Arc::default(), changes: tokio::sync::broadcast::channel(1024).0, events: None }
+        Self {
+            store,
+            audit,
+            tasks: Arc::default(),
+            changes: tokio::sync::broadcast::channel(1024).0,
+            events: None,
+            instance: format!("replica-{}", uuid::Uuid::new_v4().simple()).into(),
+        }
+    }
+
+    /// Names this replica. A name that stays the same across restarts lets
+    /// a restarted replica fail its own previous run's operations at once
+    /// instead of waiting for that run's heartbeat to go stale.
+    #[must_use]
+    pub fn with_instance(mut self, id: &str) -> Self {
+        self.instance = id.into();
+        self
+    }
+
+    #[must_use]
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Announces every change on `events` as well.
@@ -84,6 +107,7 @@ impl OperationService {
             error_code: None,
             error: None,
             actor: actor.name.clone(),
+            owner: Some(self.instance.to_string()),
             created_at: now,
             updated_at: now,
         };
@@ -295,34 +319,49 @@ impl OperationService {
     }
 
     /// pending/running → cancelling, and the task is told to stop (it then
-    /// ends failed/cancelled). Without a live task (e.g. after a restart)
-    /// the operation fails at once.
+    /// ends failed/cancelled). A task on another live replica is told on
+    /// that replica's next beat; with no live task anywhere (e.g. after a
+    /// restart) the operation fails at once.
     pub async fn cancel(&self, id: &str) -> Result<Operation> {
         let token = self.tasks.lock().expect("tasks lock").get(id).cloned();
-        match token {
-            Some(token) => {
-                let op = self
-                    .update(id, |op| {
-                        let live = op.status.is_active();
-                        if live {
-                            op.status = OperationStatus::Cancelling;
-                        }
-                        live
-                    })
-                    .await?;
-                token.cancel();
-                Ok(op)
+        let owner_alive = if token.is_some() {
+            true
+        } else {
+            let op = self.get(id).await?;
+            let alive_since = Utc::now() - chrono::Duration::from_std(Self::REPLICA_STALE).unwrap_or_default();
+            match op.owner.as_deref().filter(|o| *o != &*self.instance) {
+                Some(o) => self.store.replica_seen(o).await?.is_some_and(|at| at >= alive_since),
+                None => false,
             }
-            None => self.fail(id, OperationError::Cancelled, "cancelled (no task was running it)").await,
+        };
+        if !owner_alive {
+            return self.fail(id, OperationError::Cancelled, "cancelled (no task was running it)").await;
         }
+        // Our task is told now; another live replica's sees it on its next beat.
+        let op = self
+            .update(id, |op| {
+                let live = op.status.is_active();
+                if live {
+                    op.status = OperationStatus::Cancelling;
+                }
+                live
+            })
+            .await?;
+        if let Some(token) = token {
+            token.cancel();
+        }
+        Ok(op)
     }
 
-    /// At start: operations a previous process left active can never finish.
+    /// At start: operations this replica's previous run, or a replica that
+    /// went silent, left active can never finish. Live neighbours' are kept.
     pub async fn recover_orphans(&self) -> Result<u64> {
+        let alive_since = Utc::now() - chrono::Duration::from_std(Self::REPLICA_STALE).unwrap_or_default();
         let n = self
             .store
-            .fail_active_operations(Utc::now(), OperationError::Orphaned, "the server stopped before it finished")
+            .fail_orphaned_operations(alive_since, Some(&self.instance), "the server stopped before it finished")
             .await?;
+        self.store.replica_heartbeat(&self.instance, Utc::now()).await?;
         if n > 0 {
             tracing::warn!(operations = n, "failed operations orphaned by a previous run");
         }
@@ -348,17 +387,49 @@ impl OperationService {
     pub const STUCK_AFTER: Duration = Duration::from_secs(2 * 3600);
     /// Finished operations are kept this long for clients to read.
     pub const KEEP_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// How often a replica says it is alive (and looks for cancel requests).
+    pub const HEARTBEAT: Duration = Duration::from_secs(2);
+    /// A replica silent this long is gone, and its operations with it.
+    pub const REPLICA_STALE: Duration = Duration::from_secs(30);
 
-    /// Runs [`OperationService::cleanup`] every `every` until `stop`.
+    /// One beat of the housekeeping loop: say this replica is alive, act on
+    /// cancels other replicas recorded for our tasks, and fail the
+    /// operations of replicas that went silent.
+    pub async fn beat(&self) -> Result<u64> {
+        self.store.replica_heartbeat(&self.instance, Utc::now()).await?;
+        for id in self.store.cancelling_operations(&self.instance).await? {
+            let token = self.tasks.lock().expect("tasks lock").get(&id).cloned();
+            match token {
+                Some(token) => token.cancel(),
+                None => {
+                    let _ = self.fail(&id, OperationError::Cancelled, "cancelled (no task was running it)").await?;
+                }
+            }
+        }
+        let alive_since = Utc::now() - chrono::Duration::from_std(Self::REPLICA_STALE).unwrap_or_default();
+        let n = self.store.fail_orphaned_operations(alive_since, None, "the replica running it stopped").await?;
+        if n > 0 {
+            tracing::warn!(operations = n, "failed operations of a replica that stopped");
+        }
+        Ok(n)
+    }
+
+    /// Heartbeats every [`Self::HEARTBEAT`] and [`OperationService::cleanup`]
+    /// every `cleanup_every`, until `stop`.
     #[must_use]
-    pub fn spawn_cleanup(&self, every: Duration, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_housekeeping(&self, cleanup_every: Duration, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut beat = tokio::time::interval(Self::HEARTBEAT);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut cleanup = tokio::time::interval(cleanup_every);
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    _ = tick.tick() => match this.cleanup(Self::STUCK_AFTER, Self::KEEP_FINISHED).await {
+                    _ = beat.tick() => if let Err(e) = this.beat().await {
+                        tracing::warn!(error = %e, "operation heartbeat failed");
+                    },
+                    _ = cleanup.tick() => match this.cleanup(Self::STUCK_AFTER, Self::KEEP_FINISHED).await {
                         Ok((0, 0)) => {}
                         Ok((failed, deleted)) => tracing::info!(failed, deleted, "operations cleaned up"),
                         Err(e) => tracing::warn!(error = %e, "operation cleanup failed"),

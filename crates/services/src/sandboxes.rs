@@ -40,7 +40,7 @@ pub enum ExecStarted {
     /// It ran within the request.
     Done(ExecOutput),
     /// It runs as this operation; its result is the output.
-    Operation(Operation),
+    Operation(Box<Operation>),
 }
 
 /// A command as clients send it: an argument vector, or one string split
@@ -518,7 +518,7 @@ impl SandboxService {
                 }
             });
         }
-        Ok(ExecStarted::Operation(op))
+        Ok(ExecStarted::Operation(Box::new(op)))
     }
 
     fn exec_request(input: ExecInput) -> Result<ExecRequest> {

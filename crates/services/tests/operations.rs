@@ -158,3 +158,60 @@ async fn shutdown_leaves_every_operation_terminal() {
         assert!(!op.status.is_active(), "{}: {op:?}", t.backend);
     }
 }
+
+#[tokio::test]
+async fn replicas_sharing_a_database_fail_only_the_operations_of_gone_replicas() {
+    for t in both().await {
+        let replica = |id: &str| {
+            OperationService::new(t.store.clone(), AuditService::new(t.store.clone()))
+                .with_instance(&format!("{}-{id}", t.backend))
+        };
+        let long = || async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(serde_json::Value::Null)
+        };
+        let a = replica("a");
+        a.recover_orphans().await.unwrap();
+        let b = replica("b");
+        b.recover_orphans().await.unwrap();
+        let op_a = a.create(&person("alice"), create("gw", "on-a", None)).await.unwrap();
+        let _task_a = a.spawn(&op_a, long());
+        let op_b = b.create(&person("alice"), create("gw", "on-b", None)).await.unwrap();
+        let _task_b = b.spawn(&op_b, long());
+        assert_eq!(op_a.owner.as_deref(), Some(a.instance()));
+
+        // A third replica starting up leaves its live neighbours' work alone.
+        let c = replica("c");
+        assert_eq!(c.recover_orphans().await.unwrap(), 0, "{}", t.backend);
+        assert!(a.get(&op_a.id).await.unwrap().status.is_active());
+
+        // A restarts under the same name: its previous run's work is failed at once.
+        drop(a);
+        let a2 = replica("a");
+        assert_eq!(a2.recover_orphans().await.unwrap(), 1, "{}", t.backend);
+        let failed = a2.get(&op_a.id).await.unwrap();
+        assert_eq!((failed.status, failed.error_code), (OperationStatus::Failed, Some(OperationError::Orphaned)));
+        assert!(b.get(&op_b.id).await.unwrap().status.is_active(), "{}: B is alive", t.backend);
+
+        // A cancel for B's operation, asked of C: recorded for B, which acts on its next beat.
+        let asked = c.cancel(&op_b.id).await.unwrap();
+        assert_eq!(asked.status, OperationStatus::Cancelling, "{}", t.backend);
+        b.beat().await.unwrap();
+        let mut op = b.get(&op_b.id).await.unwrap();
+        for _ in 0..100 {
+            if !op.status.is_active() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            op = b.get(&op_b.id).await.unwrap();
+        }
+        assert_eq!((op.status, op.error_code), (OperationStatus::Failed, Some(OperationError::Cancelled)));
+
+        // B goes silent (its last heartbeat long ago): the next beat elsewhere fails its work.
+        let op_b2 = b.create(&person("alice"), create("gw", "on-b-2", None)).await.unwrap();
+        let _task = b.spawn(&op_b2, long());
+        t.store.replica_heartbeat(b.instance(), chrono::Utc::now() - chrono::Duration::minutes(5)).await.unwrap();
+        assert_eq!(c.beat().await.unwrap(), 1, "{}", t.backend);
+        assert_eq!(c.get(&op_b2.id).await.unwrap().error_code, Some(OperationError::Orphaned));
+    }
+}

@@ -178,6 +178,21 @@ pub trait Store: Send + Sync {
     /// Fails every active operation updated before `before` (all of them at
     /// start: orphans of a previous process).
     async fn fail_active_operations(&self, before: DateTime<Utc>, code: OperationError, message: &str) -> Result<u64>;
+    /// Fails the active operations whose replica is gone: no owner, an
+    /// owner without a heartbeat since `alive_since`, or `previous_self`
+    /// (this replica's own earlier run).
+    async fn fail_orphaned_operations(
+        &self,
+        alive_since: DateTime<Utc>,
+        previous_self: Option<&str>,
+        message: &str,
+    ) -> Result<u64>;
+    /// Ids of `owner`'s operations someone asked to cancel.
+    async fn cancelling_operations(&self, owner: &str) -> Result<Vec<String>>;
+    /// Records that replica `id` is alive (and forgets replicas silent for a day).
+    async fn replica_heartbeat(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
+    /// When replica `id` last said it was alive.
+    async fn replica_seen(&self, id: &str) -> Result<Option<DateTime<Utc>>>;
     async fn delete_finished_operations(&self, before: DateTime<Utc>) -> Result<u64>;
 
     // --- sandbox metadata ---
@@ -702,8 +717,8 @@ macro_rules! impl_store {
             async fn insert_operation(&self, op: &Operation, idempotency_key: Option<&str>) -> Result<OperationInsert> {
                 let inserted = sqlx::query(
                     "INSERT INTO operations (id, gateway, resource_type, resource_name, action, status, active_key, \
-                     idempotency_key, progress, message, actor, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+                     idempotency_key, progress, message, actor, created_at, updated_at, owner) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)",
                 )
                 .bind(&op.id)
                 .bind(&op.gateway)
@@ -717,6 +732,7 @@ macro_rules! impl_store {
                 .bind(&op.message)
                 .bind(&op.actor)
                 .bind(op.created_at.trunc_subsecs(6))
+                .bind(&op.owner)
                 .execute(&self.pool)
                 .await;
                 match inserted {
@@ -821,6 +837,59 @@ macro_rules! impl_store {
                 .execute(&self.pool)
                 .await?;
                 Ok(done.rows_affected())
+            }
+
+            async fn fail_orphaned_operations(
+                &self,
+                alive_since: DateTime<Utc>,
+                previous_self: Option<&str>,
+                message: &str,
+            ) -> Result<u64> {
+                let done = sqlx::query(
+                    "UPDATE operations SET status = 'failed', active_key = NULL, error_code = 'orphaned', error = $1, \
+                     updated_at = $2 WHERE active_key IS NOT NULL AND (owner IS NULL OR owner = $3 OR owner NOT IN \
+                     (SELECT id FROM replicas WHERE heartbeat_at >= $4))",
+                )
+                .bind(message)
+                .bind(now())
+                .bind(previous_self)
+                .bind(alive_since.trunc_subsecs(6))
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn cancelling_operations(&self, owner: &str) -> Result<Vec<String>> {
+                let rows = sqlx::query("SELECT id FROM operations WHERE owner = $1 AND status = 'cancelling'")
+                    .bind(owner)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+            }
+
+            async fn replica_heartbeat(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+                let at = at.trunc_subsecs(6);
+                sqlx::query(
+                    "INSERT INTO replicas (id, started_at, heartbeat_at) VALUES ($1, $2, $2) \
+                     ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                )
+                .bind(id)
+                .bind(at)
+                .execute(&self.pool)
+                .await?;
+                sqlx::query("DELETE FROM replicas WHERE heartbeat_at < $1")
+                    .bind(at - chrono::Duration::days(1))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn replica_seen(&self, id: &str) -> Result<Option<DateTime<Utc>>> {
+                let row = sqlx::query("SELECT heartbeat_at FROM replicas WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| Ok(r.try_get("heartbeat_at")?)).transpose()
             }
 
             async fn delete_finished_operations(&self, before: DateTime<Utc>) -> Result<u64> {
@@ -1002,7 +1071,7 @@ const GATEWAY_SELECT_ONE: &str = "SELECT name, endpoint, scheme, auth_mode, skip
      client_cert, client_key_enc, bearer_token_enc, metadata, description, status, error_code, error, version, \
      checked_at, last_seen, registered_at, updated_at FROM gateways WHERE name = $1";
 const OPERATION_SELECT: &str = "SELECT id, gateway, resource_type, resource_name, action, status, progress, message, \
-     result, error_code, error, actor, created_at, updated_at FROM operations";
+     result, error_code, error, actor, owner, created_at, updated_at FROM operations";
 
 fn operation_from_row<R: Row>(row: &R) -> Result<Operation>
 where
@@ -1030,6 +1099,7 @@ where
         error_code: code.as_deref().and_then(OperationError::parse),
         error: row.try_get("error")?,
         actor: row.try_get("actor")?,
+        owner: row.try_get("owner")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
