@@ -39,6 +39,7 @@ fn provider(raw: &str) -> ApiResult<ProviderName> {
 #[derive(Serialize)]
 struct ProviderList {
     items: Vec<Provider>,
+    total: usize,
     limit: u32,
     offset: u32,
     has_more: bool,
@@ -47,8 +48,9 @@ struct ProviderList {
 async fn list(State(state): State<AppState>, Path(gw): Path<String>, q: QueryPairs) -> ApiResult<Json<ProviderList>> {
     let limit = q.u32("limit", 100, 1000)?.max(1);
     let offset = q.u32("offset", 0, u32::MAX)?;
-    let (items, has_more) = state.providers.list(&gateway_name(&gw)?, limit, offset).await?;
-    Ok(Json(ProviderList { items, limit, offset, has_more }))
+    let (items, total) = state.providers.list(&gateway_name(&gw)?, limit, offset).await?;
+    let has_more = offset as usize + items.len() < total;
+    Ok(Json(ProviderList { items, total, limit, offset, has_more }))
 }
 
 /// The gateway's own provider profiles first, then the built-in types it

@@ -72,6 +72,7 @@ fn sandbox(raw: &str) -> ApiResult<breakwater_domain::SandboxName> {
 #[derive(Serialize)]
 struct SandboxList {
     items: Vec<Sandbox>,
+    total: usize,
     limit: u32,
     offset: u32,
     has_more: bool,
@@ -82,8 +83,9 @@ async fn list(State(state): State<AppState>, Path(gw): Path<String>, q: QueryPai
     let selector = q.label_selector()?;
     let limit = q.u32("limit", 100, 1000)?.max(1);
     let offset = q.u32("offset", 0, u32::MAX)?;
-    let (items, has_more) = state.sandboxes.list(&gw, &selector, limit, offset).await?;
-    Ok(Json(SandboxList { items, limit, offset, has_more }))
+    let (items, total) = state.sandboxes.list(&gw, &selector, limit, offset).await?;
+    let has_more = offset as usize + items.len() < total;
+    Ok(Json(SandboxList { items, total, limit, offset, has_more }))
 }
 
 #[derive(Deserialize)]

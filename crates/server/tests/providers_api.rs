@@ -39,7 +39,9 @@ async fn crud_keeps_the_canary_secret_everywhere() {
     assert!(keys.contains(&json!("EXTRA")) && keys.contains(&json!("ANTHROPIC_API_KEY")), "{updated}");
     seen.push(updated);
     seen.push(app.get(&format!("{P}/claude")).await.1);
-    seen.push(app.get(P).await.1);
+    let (_, list) = app.get(P).await;
+    assert_eq!(list["total"], 2, "{list}");
+    seen.push(list);
     seen.push(app.get("/api/audit").await.1);
     seen.push(app.get("/api/audit/export?format=json").await.1);
     for body in &seen {

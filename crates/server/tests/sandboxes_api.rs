@@ -145,6 +145,8 @@ async fn metadata_patch_merges_into_get_and_list_filters_on_it_and_delete_forget
     assert_eq!(names, ["agent-1"]);
     let (_, page) = app.get(&format!("{S}?limit=2&offset=1")).await;
     assert_eq!((page["items"].as_array().unwrap().len(), page["has_more"].as_bool()), (2, Some(true)), "{page}");
+    assert_eq!(page["total"], 4, "clients paginate by total: {page}");
+    assert_eq!(ml["total"], 1);
     // Absent keeps; null clears (labels become empty, not the gateway's).
     let (_, kept) = app.patch(&format!("{S}/agent-1"), &json!({"labels": null})).await;
     assert_eq!(kept["description"], "the build agent");

@@ -161,11 +161,14 @@ impl ProviderService {
         Self { gateways }
     }
 
-    pub async fn list(&self, gw: &GatewayName, limit: u32, offset: u32) -> Result<(Vec<Provider>, bool)> {
-        crate::window(limit.clamp(1, 1000) as usize, offset as usize, 500, |p| async move {
+    /// One page of the gateway's providers and how many there are.
+    pub async fn list(&self, gw: &GatewayName, limit: u32, offset: u32) -> Result<(Vec<Provider>, usize)> {
+        let (all, _) = crate::window(usize::MAX, 0, 500, |p| async move {
             self.gateways.with_gateway(gw, |c| async move { c.list_providers(&ws(), &p).await }).await
         })
-        .await
+        .await?;
+        let total = all.len();
+        Ok((all.into_iter().skip(offset as usize).take(limit.clamp(1, 1000) as usize).collect(), total))
     }
 
     pub async fn get(&self, gw: &GatewayName, name: &ProviderName) -> Result<Provider> {

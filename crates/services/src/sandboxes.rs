@@ -349,18 +349,19 @@ impl SandboxService {
         }
     }
 
-    /// One page (`limit` from `offset`) over the gateway's own pages, with
-    /// Breakwater's metadata laid over each sandbox, and whether more follow.
-    /// Labels set here replace the gateway's, so while any exist on this
-    /// gateway a label filter runs over the merged view rather than at the
-    /// gateway.
+    /// One page (`limit` from `offset`) of the gateway's sandboxes, with
+    /// Breakwater's metadata laid over each, and how many match in all (the
+    /// gateway's pages are walked to count them, as clients paginate by
+    /// `total`). Labels set here replace the gateway's, so while any exist
+    /// on this gateway a label filter runs over the merged view rather than
+    /// at the gateway.
     pub async fn list(
         &self,
         gw: &GatewayName,
         selector: &LabelSelector,
         limit: u32,
         offset: u32,
-    ) -> Result<(Vec<Sandbox>, bool)> {
+    ) -> Result<(Vec<Sandbox>, usize)> {
         let metadata: BTreeMap<String, SandboxMetadata> = self
             .gateways
             .store()
@@ -386,14 +387,14 @@ impl SandboxService {
                     .await
             }
         };
-        if !local_filter {
-            let (items, more) = crate::window(limit, offset, 500, fetch).await?;
-            return Ok((items.into_iter().map(merge).collect(), more));
-        }
         let (all, _) = crate::window(usize::MAX, 0, 500, fetch).await?;
-        let mut matching = all.into_iter().map(merge).filter(|s| selector.matches(&s.labels)).skip(offset);
-        let items: Vec<Sandbox> = matching.by_ref().take(limit).collect();
-        Ok((items, matching.next().is_some()))
+        if !local_filter {
+            let total = all.len();
+            return Ok((all.into_iter().skip(offset).take(limit).map(merge).collect(), total));
+        }
+        let matching: Vec<Sandbox> = all.into_iter().map(merge).filter(|s| selector.matches(&s.labels)).collect();
+        let total = matching.len();
+        Ok((matching.into_iter().skip(offset).take(limit).collect(), total))
     }
 
     pub async fn get(&self, gw: &GatewayName, sb: &SandboxName) -> Result<Sandbox> {
