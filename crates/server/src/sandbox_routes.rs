@@ -21,6 +21,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/gateways/{gw}/sandboxes", get(list).post(create))
         .route("/api/gateways/{gw}/sandboxes/{name}", get(get_one).patch(patch).delete(delete))
+        .route("/api/gateways/{gw}/sandboxes/{name}/config", get(config))
         .route("/api/gateways/{gw}/sandboxes/{name}/stop", post(stop))
         .route("/api/gateways/{gw}/sandboxes/{name}/start", post(start))
         .route("/api/gateways/{gw}/sandboxes/{name}/ssh", post(ssh).delete(revoke_ssh))
@@ -166,6 +167,13 @@ fn accepted(op: &Operation) -> axum::response::Response {
 
 async fn get_one(State(state): State<AppState>, Path((gw, name)): Path<(String, String)>) -> ApiResult<Json<Sandbox>> {
     Ok(Json(state.sandboxes.get(&gateway_name(&gw)?, &sandbox(&name)?).await?))
+}
+
+async fn config(
+    State(state): State<AppState>,
+    Path((gw, name)): Path<(String, String)>,
+) -> ApiResult<Json<breakwater_domain::policy::SandboxConfig>> {
+    Ok(Json(state.sandboxes.config(&gateway_name(&gw)?, &sandbox(&name)?).await?))
 }
 
 /// Absent keeps, `null` clears.

@@ -20,6 +20,11 @@ async fn list_and_get() {
     assert!(page["items"].as_array().unwrap().is_empty());
     let (status, sb) = app.get(&format!("{S}/agent-1")).await;
     assert_eq!((status, sb["phase"].as_str()), (200, Some("ready")), "{sb}");
+    let (status, config) = app.get(&format!("{S}/agent-1/config")).await;
+    assert_eq!(status, 200, "{config}");
+    assert!(config["policy"]["network_policies"]["github"].is_object(), "{config}");
+    assert_eq!(config["version"], 1);
+    assert_eq!(app.get(&format!("{S}/nope/config")).await.0, 404);
     assert_eq!(app.get(&format!("{S}/nope")).await.0, 404);
     assert_eq!(app.get(&format!("{S}/Bad_Name")).await.0, 400);
     assert_eq!(app.get("/api/gateways/missing/sandboxes").await.0, 404);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use breakwater_domain::operation::{Operation, OperationError};
-use breakwater_domain::policy::Policy;
+use breakwater_domain::policy::{Policy, SandboxConfig};
 use breakwater_domain::registry::GatewayName;
 use breakwater_domain::registry::{FieldPatch, GatewayMetadataPatch};
 use breakwater_domain::sandbox::{
@@ -404,6 +404,13 @@ impl SandboxService {
             m.apply_to(&mut sandbox);
         }
         Ok(sandbox)
+    }
+
+    /// What the sandbox's supervisor is told: the effective policy with its
+    /// version and hash, and the settings in force.
+    pub async fn config(&self, gw: &GatewayName, sb: &SandboxName) -> Result<SandboxConfig> {
+        let ws = WorkspaceName::default();
+        self.gateways.with_gateway(gw, |c| async move { c.sandbox_config(&ws, sb).await }).await
     }
 
     /// Sets or clears the description and labels Breakwater keeps (absent
