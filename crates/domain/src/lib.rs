@@ -4,6 +4,7 @@
 //! speaks only these.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod approval;
 pub mod gateway;
 pub mod labels;
