@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use breakwater_domain::access::{Grants, GroupGrant, PrincipalKind, Role, ServicePrincipal, Session, User};
 use breakwater_domain::approval::{ApprovalWorkflow, ChunkAction, Decision, PolicyPin, Vote};
 use breakwater_domain::operation::{Operation, OperationError, OperationStatus};
 use breakwater_domain::registry::{
@@ -194,6 +195,42 @@ pub trait Store: Send + Sync {
     /// When replica `id` last said it was alive.
     async fn replica_seen(&self, id: &str) -> Result<Option<DateTime<Utc>>>;
     async fn delete_finished_operations(&self, before: DateTime<Utc>) -> Result<u64>;
+
+    // --- identity ---
+    async fn count_users(&self) -> Result<u64>;
+    /// A duplicate email is a conflict.
+    async fn insert_user(&self, user: &User, password_hash: Option<&str>) -> Result<()>;
+    async fn get_user(&self, id: &str) -> Result<Option<User>>;
+    /// The user and their password hash, by normalised email.
+    async fn user_by_email(&self, email: &str) -> Result<Option<(User, Option<String>)>>;
+    async fn list_users(&self) -> Result<Vec<User>>;
+    /// Writes role, active flag, lock state and failed-login count.
+    async fn save_user(&self, user: &User) -> Result<()>;
+    async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<()>;
+    async fn delete_user(&self, id: &str) -> Result<bool>;
+    /// Active admins (for "there is always an admin").
+    async fn count_active_admins(&self) -> Result<u64>;
+
+    async fn insert_session(&self, token_hash: &str, session: &Session) -> Result<()>;
+    async fn get_session(&self, token_hash: &str) -> Result<Option<Session>>;
+    async fn touch_session(&self, token_hash: &str, at: DateTime<Utc>) -> Result<()>;
+    async fn delete_session(&self, token_hash: &str) -> Result<bool>;
+    async fn delete_user_sessions(&self, user_id: &str) -> Result<u64>;
+
+    /// A duplicate name is a conflict.
+    async fn insert_service_principal(&self, sp: &ServicePrincipal, key_hash: &str) -> Result<()>;
+    async fn list_service_principals(&self) -> Result<Vec<ServicePrincipal>>;
+    async fn get_service_principal(&self, id: &str) -> Result<Option<ServicePrincipal>>;
+    async fn service_principal_by_key(&self, key_hash: &str) -> Result<Option<ServicePrincipal>>;
+    async fn rotate_service_principal_key(&self, id: &str, key_hash: &str, key_prefix: &str) -> Result<bool>;
+    async fn touch_service_principal(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
+    async fn delete_service_principal(&self, id: &str) -> Result<bool>;
+
+    async fn put_gateway_role(&self, kind: PrincipalKind, id: &str, gateway: &str, role: Role) -> Result<()>;
+    async fn delete_gateway_role(&self, kind: PrincipalKind, id: &str, gateway: &str) -> Result<bool>;
+    async fn gateway_roles(&self, kind: PrincipalKind, id: &str) -> Result<BTreeMap<String, Role>>;
+    /// Everything that decides a principal's roles, in one read.
+    async fn grants(&self, kind: PrincipalKind, id: &str) -> Result<Grants>;
 
     // --- sandbox metadata ---
     async fn get_sandbox_metadata(&self, gateway: &str, sandbox: &str) -> Result<Option<SandboxMetadata>>;
@@ -900,6 +937,315 @@ macro_rules! impl_store {
                 Ok(done.rows_affected())
             }
 
+            async fn count_users(&self) -> Result<u64> {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+
+            async fn insert_user(&self, u: &User, password_hash: Option<&str>) -> Result<()> {
+                let done = sqlx::query(
+                    "INSERT INTO users (id, email, password_hash, role, active, failed_logins, locked_until, \
+                     oidc_provider, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(&u.id)
+                .bind(&u.email)
+                .bind(password_hash)
+                .bind(u.role.as_str())
+                .bind(u.active)
+                .bind(i64::from(u.failed_logins))
+                .bind(u.locked_until.map(|t| t.trunc_subsecs(6)))
+                .bind(&u.oidc_provider)
+                .bind(u.created_at.trunc_subsecs(6))
+                .bind(u.updated_at.trunc_subsecs(6))
+                .execute(&self.pool)
+                .await;
+                match done {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                        Err(StoreError::Conflict(format!("user {}", u.email)))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn get_user(&self, id: &str) -> Result<Option<User>> {
+                let row = sqlx::query(&format!("{USER_SELECT} WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
+                row.map(|r| user_from_row(&r)).transpose()
+            }
+
+            async fn user_by_email(&self, email: &str) -> Result<Option<(User, Option<String>)>> {
+                let row =
+                    sqlx::query(&format!("{USER_SELECT} WHERE email = $1")).bind(email).fetch_optional(&self.pool).await?;
+                row.map(|r| Ok((user_from_row(&r)?, r.try_get("password_hash")?))).transpose()
+            }
+
+            async fn list_users(&self) -> Result<Vec<User>> {
+                let rows = sqlx::query(&format!("{USER_SELECT} ORDER BY email")).fetch_all(&self.pool).await?;
+                rows.iter().map(|r| user_from_row(r)).collect()
+            }
+
+            async fn save_user(&self, u: &User) -> Result<()> {
+                let done = sqlx::query(
+                    "UPDATE users SET role = $2, active = $3, failed_logins = $4, locked_until = $5, \
+                     updated_at = $6 WHERE id = $1",
+                )
+                .bind(&u.id)
+                .bind(u.role.as_str())
+                .bind(u.active)
+                .bind(i64::from(u.failed_logins))
+                .bind(u.locked_until.map(|t| t.trunc_subsecs(6)))
+                .bind(u.updated_at.trunc_subsecs(6))
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("user {}", u.id)));
+                }
+                Ok(())
+            }
+
+            async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<()> {
+                sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1")
+                    .bind(user_id)
+                    .bind(hash)
+                    .bind(now())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn delete_user(&self, id: &str) -> Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("DELETE FROM gateway_roles WHERE principal_kind = 'user' AND principal_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                let done = sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn count_active_admins(&self) -> Result<u64> {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND active = $1")
+                    .bind(true)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+
+            async fn insert_session(&self, token_hash: &str, s: &Session) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(token_hash)
+                .bind(&s.user_id)
+                .bind(s.created_at.trunc_subsecs(6))
+                .bind(s.last_seen_at.trunc_subsecs(6))
+                .bind(s.expires_at.trunc_subsecs(6))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn get_session(&self, token_hash: &str) -> Result<Option<Session>> {
+                let row = sqlx::query(
+                    "SELECT user_id, created_at, last_seen_at, expires_at FROM sessions WHERE token_hash = $1",
+                )
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|r| {
+                    Ok(Session {
+                        user_id: r.try_get("user_id")?,
+                        created_at: r.try_get("created_at")?,
+                        last_seen_at: r.try_get("last_seen_at")?,
+                        expires_at: r.try_get("expires_at")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn touch_session(&self, token_hash: &str, at: DateTime<Utc>) -> Result<()> {
+                sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE token_hash = $1")
+                    .bind(token_hash)
+                    .bind(at.trunc_subsecs(6))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn delete_session(&self, token_hash: &str) -> Result<bool> {
+                let done = sqlx::query("DELETE FROM sessions WHERE token_hash = $1").bind(token_hash).execute(&self.pool).await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn delete_user_sessions(&self, user_id: &str) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(user_id).execute(&self.pool).await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn insert_service_principal(&self, sp: &ServicePrincipal, key_hash: &str) -> Result<()> {
+                let done = sqlx::query(
+                    "INSERT INTO service_principals (id, name, role, key_hash, key_prefix, expires_at, last_used_at, \
+                     created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&sp.id)
+                .bind(&sp.name)
+                .bind(sp.role.as_str())
+                .bind(key_hash)
+                .bind(&sp.key_prefix)
+                .bind(sp.expires_at.map(|t| t.trunc_subsecs(6)))
+                .bind(sp.last_used_at.map(|t| t.trunc_subsecs(6)))
+                .bind(&sp.created_by)
+                .bind(sp.created_at.trunc_subsecs(6))
+                .execute(&self.pool)
+                .await;
+                match done {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                        Err(StoreError::Conflict(format!("service principal {}", sp.name)))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn list_service_principals(&self) -> Result<Vec<ServicePrincipal>> {
+                let rows = sqlx::query(&format!("{SP_SELECT} ORDER BY name")).fetch_all(&self.pool).await?;
+                rows.iter().map(|r| service_principal_from_row(r)).collect()
+            }
+
+            async fn get_service_principal(&self, id: &str) -> Result<Option<ServicePrincipal>> {
+                let row = sqlx::query(&format!("{SP_SELECT} WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
+                row.map(|r| service_principal_from_row(&r)).transpose()
+            }
+
+            async fn service_principal_by_key(&self, key_hash: &str) -> Result<Option<ServicePrincipal>> {
+                let row =
+                    sqlx::query(&format!("{SP_SELECT} WHERE key_hash = $1")).bind(key_hash).fetch_optional(&self.pool).await?;
+                row.map(|r| service_principal_from_row(&r)).transpose()
+            }
+
+            async fn rotate_service_principal_key(&self, id: &str, key_hash: &str, key_prefix: &str) -> Result<bool> {
+                let done = sqlx::query("UPDATE service_principals SET key_hash = $2, key_prefix = $3 WHERE id = $1")
+                    .bind(id)
+                    .bind(key_hash)
+                    .bind(key_prefix)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn touch_service_principal(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+                sqlx::query("UPDATE service_principals SET last_used_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(at.trunc_subsecs(6))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn delete_service_principal(&self, id: &str) -> Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("DELETE FROM gateway_roles WHERE principal_kind = 'service_principal' AND principal_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                let done = sqlx::query("DELETE FROM service_principals WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn put_gateway_role(&self, kind: PrincipalKind, id: &str, gateway: &str, role: Role) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO gateway_roles (principal_kind, principal_id, gateway, role) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (principal_kind, principal_id, gateway) DO UPDATE SET role = excluded.role",
+                )
+                .bind(kind.as_str())
+                .bind(id)
+                .bind(gateway)
+                .bind(role.as_str())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn delete_gateway_role(&self, kind: PrincipalKind, id: &str, gateway: &str) -> Result<bool> {
+                let done = sqlx::query(
+                    "DELETE FROM gateway_roles WHERE principal_kind = $1 AND principal_id = $2 AND gateway = $3",
+                )
+                .bind(kind.as_str())
+                .bind(id)
+                .bind(gateway)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn gateway_roles(&self, kind: PrincipalKind, id: &str) -> Result<BTreeMap<String, Role>> {
+                let rows = sqlx::query(
+                    "SELECT gateway, role FROM gateway_roles WHERE principal_kind = $1 AND principal_id = $2",
+                )
+                .bind(kind.as_str())
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(|r| Ok((r.try_get("gateway")?, role_of(&r.try_get::<String, _>("role")?)?))).collect()
+            }
+
+            async fn grants(&self, kind: PrincipalKind, id: &str) -> Result<Grants> {
+                let global: Option<String> = match kind {
+                    PrincipalKind::User => {
+                        sqlx::query_scalar("SELECT role FROM users WHERE id = $1 AND active = $2")
+                            .bind(id)
+                            .bind(true)
+                            .fetch_optional(&self.pool)
+                            .await?
+                    }
+                    PrincipalKind::ServicePrincipal => {
+                        sqlx::query_scalar("SELECT role FROM service_principals WHERE id = $1")
+                            .bind(id)
+                            .fetch_optional(&self.pool)
+                            .await?
+                    }
+                    PrincipalKind::Group => {
+                        sqlx::query_scalar::<_, Option<String>>("SELECT role FROM groups WHERE id = $1")
+                            .bind(id)
+                            .fetch_optional(&self.pool)
+                            .await?
+                            .flatten()
+                    }
+                };
+                let mut grants = Grants {
+                    global: global.as_deref().map(role_of).transpose()?,
+                    gateways: self.gateway_roles(kind, id).await?,
+                    groups: Vec::new(),
+                };
+                if kind == PrincipalKind::User {
+                    let rows = sqlx::query(
+                        "SELECT g.id, g.role, r.gateway, r.role AS gateway_role FROM group_members m \
+                         JOIN groups g ON g.id = m.group_id \
+                         LEFT JOIN gateway_roles r ON r.principal_kind = 'group' AND r.principal_id = g.id \
+                         WHERE m.user_id = $1 ORDER BY g.id",
+                    )
+                    .bind(id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    let mut by_group: BTreeMap<String, GroupGrant> = BTreeMap::new();
+                    for r in &rows {
+                        let entry = by_group.entry(r.try_get("id")?).or_default();
+                        let role: Option<String> = r.try_get("role")?;
+                        entry.global = role.as_deref().map(role_of).transpose()?;
+                        let gateway: Option<String> = r.try_get("gateway")?;
+                        let gateway_role: Option<String> = r.try_get("gateway_role")?;
+                        if let (Some(g), Some(role)) = (gateway, gateway_role) {
+                            entry.gateways.insert(g, role_of(&role)?);
+                        }
+                    }
+                    grants.groups = by_group.into_values().collect();
+                }
+                Ok(grants)
+            }
+
             async fn get_sandbox_metadata(&self, gateway: &str, sandbox: &str) -> Result<Option<SandboxMetadata>> {
                 let row = sqlx::query(
                     "SELECT gateway, sandbox, description, labels, updated_by, updated_at FROM sandbox_metadata \
@@ -1102,6 +1448,59 @@ where
         owner: row.try_get("owner")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn role_of(raw: &str) -> Result<Role> {
+    Role::parse(raw).map_err(|_| StoreError::Corrupt(format!("role {raw}")))
+}
+
+const USER_SELECT: &str = "SELECT id, email, password_hash, role, active, failed_logins, locked_until, \
+     oidc_provider, created_at, updated_at FROM users";
+
+fn user_from_row<R: Row>(row: &R) -> Result<User>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    bool: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    DateTime<Utc>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<DateTime<Utc>>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let failed: i64 = row.try_get("failed_logins")?;
+    Ok(User {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        role: role_of(&row.try_get::<String, _>("role")?)?,
+        active: row.try_get("active")?,
+        locked_until: row.try_get("locked_until")?,
+        failed_logins: u32::try_from(failed.max(0)).unwrap_or(u32::MAX),
+        oidc_provider: row.try_get("oidc_provider")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+const SP_SELECT: &str = "SELECT id, name, role, key_prefix, expires_at, last_used_at, created_by, created_at \
+     FROM service_principals";
+
+fn service_principal_from_row<R: Row>(row: &R) -> Result<ServicePrincipal>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    DateTime<Utc>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<DateTime<Utc>>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(ServicePrincipal {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        role: role_of(&row.try_get::<String, _>("role")?)?,
+        key_prefix: row.try_get("key_prefix")?,
+        expires_at: row.try_get("expires_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
     })
 }
 
