@@ -156,6 +156,14 @@ impl From<ServiceError> for ApiError {
                 };
                 Self::new(status, code, l.to_string())
             }
+            ServiceError::Unauthenticated { message } => {
+                Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message)
+            }
+            ServiceError::Throttled { message, retry_after } => {
+                let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS", message);
+                e.extra.insert("retry_after".into(), retry_after.into());
+                e
+            }
             ServiceError::Store(s) => {
                 tracing::error!(error = %s, "storage failure");
                 Self::new(

@@ -7,6 +7,7 @@ pub mod audit;
 mod certs;
 pub mod events;
 pub mod gateways;
+pub mod identity;
 pub mod import;
 pub mod local;
 pub mod operations;
@@ -24,6 +25,7 @@ pub use approvals::{
 pub use audit::{AuditService, VerifyReport};
 pub use events::{Event, EventBus};
 pub use gateways::{ConnectionTest, GatewayInfoView, GatewayService, MonitorSettings, RegisterGateway};
+pub use identity::{Authenticated, IdentityService, IdentitySettings, Principal};
 pub use import::{ImportProblem, ImportReport, default_openshell_config_dir};
 pub use local::{CreateLocalGateway, Diagnostics, LocalActionResult, LocalError, LocalGatewayManager, LocalTools};
 pub use operations::{NewOperation, OperationService};
@@ -86,6 +88,12 @@ pub enum ServiceError {
     /// The gateway's generation has no such feature.
     #[error("{message}")]
     Unsupported { message: String },
+    /// The caller is not signed in, or the credentials are wrong.
+    #[error("{message}")]
+    Unauthenticated { message: String },
+    /// Too many attempts; try again after `retry_after` seconds.
+    #[error("{message}")]
+    Throttled { message: String, retry_after: u64 },
 }
 
 impl From<StoreError> for ServiceError {

@@ -200,6 +200,9 @@ pub trait Store: Send + Sync {
     async fn count_users(&self) -> Result<u64>;
     /// A duplicate email is a conflict.
     async fn insert_user(&self, user: &User, password_hash: Option<&str>) -> Result<()>;
+    /// First-run setup: inserts `user` only if no user exists and no setup
+    /// ran before, atomically; `false` otherwise.
+    async fn insert_first_user(&self, user: &User, password_hash: &str) -> Result<bool>;
     async fn get_user(&self, id: &str) -> Result<Option<User>>;
     /// The user and their password hash, by normalised email.
     async fn user_by_email(&self, email: &str) -> Result<Option<(User, Option<String>)>>;
@@ -966,6 +969,37 @@ macro_rules! impl_store {
                     }
                     Err(e) => Err(e.into()),
                 }
+            }
+
+            async fn insert_first_user(&self, u: &User, password_hash: &str) -> Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                let claimed = sqlx::query("INSERT INTO setup_claim (id, claimed_at) VALUES (1, $1)")
+                    .bind(now())
+                    .execute(&mut *tx)
+                    .await;
+                match claimed {
+                    Ok(_) => {}
+                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => return Ok(false),
+                    Err(e) => return Err(e.into()),
+                }
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&mut *tx).await?;
+                if n > 0 {
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "INSERT INTO users (id, email, password_hash, role, active, failed_logins, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, 0, $6, $6)",
+                )
+                .bind(&u.id)
+                .bind(&u.email)
+                .bind(password_hash)
+                .bind(u.role.as_str())
+                .bind(u.active)
+                .bind(u.created_at.trunc_subsecs(6))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(true)
             }
 
             async fn get_user(&self, id: &str) -> Result<Option<User>> {

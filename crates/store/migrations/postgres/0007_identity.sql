@@ -72,3 +72,10 @@ CREATE TABLE invites (
     expires_at TIMESTAMPTZ NOT NULL,
     used_at    TIMESTAMPTZ
 );
+
+-- First-run setup creates the first admin exactly once, even when two
+-- requests race: the single row here is the claim.
+CREATE TABLE setup_claim (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    claimed_at TIMESTAMPTZ NOT NULL
+);

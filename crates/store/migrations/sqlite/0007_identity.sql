@@ -72,3 +72,10 @@ CREATE TABLE invites (
     expires_at TEXT NOT NULL,
     used_at    TEXT
 );
+
+-- First-run setup creates the first admin exactly once, even when two
+-- requests race: the single row here is the claim.
+CREATE TABLE setup_claim (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    claimed_at TEXT NOT NULL
+);
