@@ -10,15 +10,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use breakwater_domain::access::Role;
 use breakwater_domain::policy::{NetworkBinary, NetworkEndpoint, NetworkRule, Policy};
 use breakwater_domain::registry::GatewayName;
 use breakwater_domain::sandbox::NewSandbox;
 use breakwater_domain::{Labels, SandboxName, Secret};
 use breakwater_gateway::Gateway;
-use breakwater_server::{AppState, HostGuard};
+use breakwater_server::{AppState, AuthMode, HostGuard};
 use breakwater_services::{
-    Actor, ApprovalService, AuditService, EventBus, GatewayService, LocalGatewayManager, LocalTools, MonitorSettings,
-    OperationService, PolicyService, ProviderService, RegisterGateway, SandboxService,
+    Actor, ApprovalService, AuditService, EventBus, GatewayService, IdentityService, IdentitySettings,
+    LocalGatewayManager, LocalTools, MonitorSettings, OperationService, PolicyService, ProviderService,
+    RegisterGateway, SandboxService,
 };
 use breakwater_store::{PgStore, SecretCipher, SqliteStore, Store};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -59,6 +61,8 @@ enum LogFormat {
 }
 
 #[derive(Clone, Debug, Args)]
+// Command-line switches are independent on/off flags, not states.
+#[allow(clippy::struct_excessive_bools)]
 struct ServerArgs {
     /// Address to listen on.
     #[arg(long, env = "BREAKWATER_BIND", default_value = "127.0.0.1")]
@@ -102,6 +106,27 @@ struct ServerArgs {
     /// SQLite, which one process uses at a time).
     #[arg(long, env = "BREAKWATER_INSTANCE_ID")]
     instance_id: Option<String>,
+    /// Local mode: no sign-in, every request acts as `local-admin`. For one
+    /// person on this machine; refused on a non-loopback --bind unless
+    /// --force-no-auth (`demo` always runs this way).
+    #[arg(long, env = "BREAKWATER_NO_AUTH")]
+    no_auth: bool,
+    /// Allow --no-auth on a network address. Anyone who can reach the port
+    /// is an admin.
+    #[arg(long)]
+    force_no_auth: bool,
+    /// Mark the session cookie `Secure` (when clients reach Breakwater over
+    /// HTTPS, e.g. through a TLS-terminating proxy).
+    #[arg(long, env = "BREAKWATER_SECURE_COOKIES")]
+    secure_cookies: bool,
+    /// Send `Strict-Transport-Security` (only behind HTTPS).
+    #[arg(long, env = "BREAKWATER_HSTS")]
+    hsts: bool,
+    /// With --admin-password: create this admin at start when no user exists.
+    #[arg(long, env = "BREAKWATER_ADMIN_EMAIL")]
+    admin_email: Option<String>,
+    #[arg(long, env = "BREAKWATER_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
     /// A host name clients use to reach this server (repeatable). Requests
     /// naming another Host are refused, which stops DNS-rebinding attacks.
     /// Loopback names are always allowed on a loopback bind.
@@ -165,6 +190,16 @@ impl ServerArgs {
     fn check(&self) -> anyhow::Result<()> {
         if self.instance_id.as_ref().is_some_and(|i| i.is_empty() || i.len() > 200 || i.chars().any(char::is_control)) {
             bail!("--instance-id must be 1-200 printable characters");
+        }
+        if self.no_auth && !self.bind.is_loopback() && !self.force_no_auth {
+            bail!(
+                "--no-auth on {} would make anyone who can reach the port an admin; bind to 127.0.0.1, \
+                 or add --force-no-auth if that is really what you want",
+                self.bind
+            );
+        }
+        if self.admin_password.is_some() != self.admin_email.is_some() {
+            bail!("BREAKWATER_ADMIN_EMAIL and BREAKWATER_ADMIN_PASSWORD go together");
         }
         if self.audit_retention_days > AuditService::MAX_RETENTION_DAYS {
             bail!("--audit-retention-days must be at most {}", AuditService::MAX_RETENTION_DAYS);
@@ -299,7 +334,10 @@ fn config_show(args: &ServerArgs) -> anyhow::Result<()> {
         "openshell_config_dir": args.local_tools().openshell_config_dir,
         "audit_retention_days": args.audit_retention_days,
         "instance_id": args.instance_id(),
-        "auth": "local mode: every request acts as local-admin (identity arrives with issue 6)",
+        "auth": if args.no_auth { "local mode (--no-auth): every request acts as local-admin" } else { "sign-in required (users, sessions, API keys)" },
+        "secure_cookies": args.secure_cookies,
+        "hsts": args.hsts,
+        "admin_bootstrap": args.admin_email.as_ref().map(|e| format!("{e} (password REDACTED)")),
     });
     println!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(())
@@ -358,6 +396,26 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
     if !args.bind.is_loopback() && args.allowed_hosts.is_empty() {
         tracing::warn!(bind = %args.bind, "listening beyond loopback without --allowed-host: any Host header is accepted");
     }
+    let identity = IdentityService::new(store.clone(), audit.clone(), IdentitySettings::default());
+    let auth = if args.no_auth {
+        AuthMode::Local
+    } else {
+        if let (Some(email), Some(password)) = (&args.admin_email, &args.admin_password) {
+            if identity.needs_setup().await.map_err(|e| anyhow::anyhow!("reading users: {e}"))? {
+                identity
+                    .create_user(&Actor::system(), email, Role::Admin, Some(&Secret::new(password.clone())))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("BREAKWATER_ADMIN_EMAIL / BREAKWATER_ADMIN_PASSWORD: {e}"))?;
+                println!("created the first admin, {email}");
+            }
+        } else if identity.needs_setup().await.map_err(|e| anyhow::anyhow!("reading users: {e}"))? {
+            println!(
+                "no user yet: create the first admin with POST /api/auth/setup {{email, password}}, \
+                 or start with BREAKWATER_ADMIN_EMAIL and BREAKWATER_ADMIN_PASSWORD"
+            );
+        }
+        AuthMode::Enabled { secure_cookies: args.secure_cookies }
+    };
     let state = AppState {
         store,
         gateways,
@@ -368,6 +426,10 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
         operations,
         sandboxes,
         providers,
+        identity,
+        auth,
+        routes: breakwater_server::RouteTable::default(),
+        hsts: args.hsts,
         host_guard: args.host_guard(),
         list_cache: Arc::default(),
         monitor: monitor_settings,
@@ -440,7 +502,9 @@ fn starter_policy() -> Policy {
     policy
 }
 
-async fn demo(args: ServerArgs) -> anyhow::Result<()> {
+async fn demo(mut args: ServerArgs) -> anyhow::Result<()> {
+    // The demo is for one person on this machine: no sign-in.
+    args.no_auth = true;
     args.check()?;
     let listener = listen(&args).await?;
     let temp = if args.data_dir.is_none() { Some(tempfile::tempdir()?) } else { None };

@@ -27,7 +27,7 @@ async fn start(data: &Path, port: u16, http: &reqwest::Client) -> Server {
         .arg("serve")
         .arg("--data-dir")
         .arg(data)
-        .args(["--port", &port.to_string(), "--monitor-interval", "60"])
+        .args(["--port", &port.to_string(), "--monitor-interval", "60", "--no-auth"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -1,11 +1,10 @@
 //! `/api/gateways/{gw}/sandboxes/{name}/approvals…`, the approval workflow
 //! and the policy pin.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use breakwater_domain::SandboxName;
 use breakwater_domain::approval::{ApprovalWorkflow, DraftChunk, DraftPolicy, PolicyPin};
 use breakwater_domain::policy::NetworkRule;
@@ -14,28 +13,32 @@ use breakwater_services::{ApproveOutcome, BulkOutcome, HistoryEntry, Tally, Work
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::access::{ADMIN, OPERATOR, Routes, VIEWER};
 use crate::extract::{Caller, QueryPairs};
 use crate::gateway_routes::gateway_name;
 use crate::{ApiError, ApiResult, AppState};
 
-pub(crate) fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Routes {
     let a = "/api/gateways/{gw}/sandboxes/{name}/approvals";
-    Router::new()
-        .route(a, get(draft))
-        .route(&format!("{a}/pending"), get(pending))
-        .route(&format!("{a}/history"), get(history))
-        .route(&format!("{a}/approve-all"), post(approve_all))
-        .route(&format!("{a}/clear"), post(clear))
-        .route(&format!("{a}/{{chunk}}/approve"), post(approve))
-        .route(&format!("{a}/{{chunk}}/reject"), post(reject))
-        .route(&format!("{a}/{{chunk}}/edit"), post(edit))
-        .route(&format!("{a}/{{chunk}}/undo"), post(undo))
-        .route(&format!("{a}/{{chunk}}/decisions"), get(decisions))
-        .route(
-            "/api/gateways/{gw}/sandboxes/{name}/approval-workflow",
-            get(get_workflow).put(put_workflow).delete(delete_workflow),
-        )
-        .route("/api/gateways/{gw}/sandboxes/{name}/policy/pin", get(get_pin).post(pin).delete(unpin))
+    let w = "/api/gateways/{gw}/sandboxes/{name}/approval-workflow";
+    let pin_path = "/api/gateways/{gw}/sandboxes/{name}/policy/pin";
+    Routes::new()
+        .get(a, VIEWER, draft)
+        .get(format!("{a}/pending"), VIEWER, pending)
+        .get(format!("{a}/history"), VIEWER, history)
+        .post(format!("{a}/approve-all"), OPERATOR, approve_all)
+        .post(format!("{a}/clear"), OPERATOR, clear)
+        .post(format!("{a}/{{chunk}}/approve"), OPERATOR, approve)
+        .post(format!("{a}/{{chunk}}/reject"), OPERATOR, reject)
+        .post(format!("{a}/{{chunk}}/edit"), OPERATOR, edit)
+        .post(format!("{a}/{{chunk}}/undo"), OPERATOR, undo)
+        .get(format!("{a}/{{chunk}}/decisions"), VIEWER, decisions)
+        .get(w, OPERATOR, get_workflow)
+        .put(w, ADMIN, put_workflow)
+        .delete(w, ADMIN, delete_workflow)
+        .get(pin_path, VIEWER, get_pin)
+        .post(pin_path, OPERATOR, pin)
+        .delete(pin_path, OPERATOR, unpin)
 }
 
 fn target(gw: &str, name: &str) -> ApiResult<(GatewayName, SandboxName)> {

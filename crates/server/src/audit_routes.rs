@@ -1,25 +1,25 @@
 //! `/api/audit`: list, export (CSV or JSON, streamed) and verify.
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use breakwater_domain::registry::{AuditEntry, AuditFilter};
 use breakwater_services::VerifyReport;
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::access::{ADMIN, Routes};
 use crate::extract::{Caller, QueryPairs};
 use crate::{ApiError, ApiResult, AppState};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/audit", get(list))
-        .route("/api/audit/verify", get(verify))
-        .route("/api/audit/export", get(export))
-        .route("/api/audit/cleanup", axum::routing::post(cleanup))
+pub(crate) fn routes() -> Routes {
+    Routes::new()
+        .get("/api/audit", ADMIN, list)
+        .get("/api/audit/verify", ADMIN, verify)
+        .get("/api/audit/export", ADMIN, export)
+        .post("/api/audit/cleanup", ADMIN, cleanup)
 }
 
 #[derive(serde::Deserialize)]

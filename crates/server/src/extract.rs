@@ -1,23 +1,21 @@
 //! Request extractors shared by the routes.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use breakwater_services::Actor;
 
 use crate::ApiError;
 
-/// The caller. Until identity lands (local mode), every request acts as
-/// `local-admin`; the client IP comes from the connection.
+/// The caller as authentication found them (with their role on the
+/// route's gateway), taken when the request arrives; the client IP comes
+/// from the connection.
 pub struct Caller(pub Actor);
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
-        Ok(Self(Actor::local_admin(ip)))
+        Ok(Self(crate::auth::actor_of(parts)))
     }
 }
 

@@ -2,11 +2,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use breakwater_domain::Secret;
 use breakwater_domain::policy::{GatewaySettings, SettingValue};
 use breakwater_domain::registry::{GatewayMetadataPatch, GatewayName, GatewayRecord, GatewayStatus};
@@ -14,19 +13,22 @@ use breakwater_services::{ConnectionTest, GatewayInfoView, RegisterGateway};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::access::{ADMIN, Routes, VIEWER};
 use crate::extract::{Caller, QueryPairs};
 use crate::{ApiError, ApiResult, AppState};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/gateway/list", get(list))
-        .route("/api/gateway/register", post(register))
-        .route("/api/gateway/{name}", axum::routing::delete(unregister).patch(patch))
-        .route("/api/gateway/{name}/info", get(info))
-        .route("/api/gateway/{name}/config", get(config))
-        .route("/api/gateway/{name}/settings", get(settings))
-        .route("/api/gateway/{name}/settings/{key}", put(set_setting).delete(delete_setting))
-        .route("/api/gateway/{name}/test-connection", post(test_connection))
+pub(crate) fn routes() -> Routes {
+    Routes::new()
+        .get("/api/gateway/list", VIEWER, list)
+        .post("/api/gateway/register", ADMIN, register)
+        .delete("/api/gateway/{name}", ADMIN, unregister)
+        .patch("/api/gateway/{name}", ADMIN, patch)
+        .get("/api/gateway/{name}/info", VIEWER, info)
+        .get("/api/gateway/{name}/config", VIEWER, config)
+        .get("/api/gateway/{name}/settings", ADMIN, settings)
+        .put("/api/gateway/{name}/settings/{key}", ADMIN, set_setting)
+        .delete("/api/gateway/{name}/settings/{key}", ADMIN, delete_setting)
+        .post("/api/gateway/{name}/test-connection", ADMIN, test_connection)
 }
 
 pub(crate) fn gateway_name(raw: &str) -> ApiResult<GatewayName> {

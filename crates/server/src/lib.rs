@@ -5,8 +5,11 @@
 //! Business rules live in `breakwater-services`.
 #![forbid(unsafe_code)]
 
+pub mod access;
 mod approval_routes;
 mod audit_routes;
+pub mod auth;
+mod auth_routes;
 mod error;
 mod extract;
 mod gateway_routes;
@@ -27,15 +30,16 @@ use axum::extract::State;
 use axum::http::{HeaderName, Request, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use breakwater_services::{
-    ApprovalService, AuditService, GatewayService, LocalGatewayManager, MonitorSettings, OperationService,
-    PolicyService, ProviderService, SandboxService,
+    ApprovalService, AuditService, GatewayService, IdentityService, LocalGatewayManager, MonitorSettings,
+    OperationService, PolicyService, ProviderService, SandboxService,
 };
 use breakwater_store::Store;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 
+pub use access::{RouteSpec, RouteTable, Routes};
+pub use auth::AuthMode;
 pub use error::{ApiError, ApiResult};
 pub use gateway_routes::ListCache;
 pub use guard::HostGuard;
@@ -55,6 +59,12 @@ pub struct AppState {
     pub operations: OperationService,
     pub sandboxes: SandboxService,
     pub providers: ProviderService,
+    pub identity: IdentityService,
+    pub auth: AuthMode,
+    /// Every route with its least role (filled in by [`router`]).
+    pub routes: RouteTable,
+    /// Send `Strict-Transport-Security` (behind TLS only).
+    pub hsts: bool,
     pub host_guard: HostGuard,
     /// Serialised `GET /api/gateway/list` pages (see `gateway_routes::ListCache`).
     pub list_cache: Arc<gateway_routes::ListCache>,
@@ -62,13 +72,14 @@ pub struct AppState {
     pub started: Instant,
 }
 
-/// The whole HTTP surface.
-pub fn router(state: AppState) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/version", get(version))
+/// Every route with its least role.
+#[must_use]
+pub fn routes() -> Routes {
+    use access::PUBLIC;
+    Routes::new()
+        .get("/healthz", PUBLIC, healthz)
+        .get("/readyz", PUBLIC, readyz)
+        .get("/version", PUBLIC, version)
         .merge(gateway_routes::routes())
         .merge(local_routes::routes())
         .merge(policy_routes::routes())
@@ -78,12 +89,25 @@ pub fn router(state: AppState) -> Router {
         .merge(provider_routes::routes())
         .merge(audit_routes::routes())
         .merge(live_routes::routes())
+        .merge(auth_routes::routes())
+}
+
+/// The whole HTTP surface. Layers, outermost first: security headers, body
+/// limit, host/origin guard, authentication, request ids and problem
+/// bodies, routing, then authorization against the route table.
+pub fn router(mut state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let (api, table) = routes().build();
+    state.routes = table;
+    api.route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .layer(axum::middleware::from_fn(problem_request_id))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::security_headers))
         .with_state(state)
 }
 

@@ -5,13 +5,12 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
-use axum::routing::get;
 use breakwater_services::sandboxes::LiveFeed;
 
+use crate::access::{Routes, VIEWER};
 use crate::gateway_routes::gateway_name;
 use crate::{ApiError, ApiResult, AppState};
 
@@ -23,8 +22,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TOO_SLOW: u16 = 1008;
 const CLOSE_ENDED: u16 = 1011;
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route("/ws/{gw}/{sandbox}", get(live))
+pub(crate) fn routes() -> Routes {
+    Routes::new().get("/ws/{gw}/{sandbox}", VIEWER, live)
 }
 
 async fn live(

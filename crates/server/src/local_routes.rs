@@ -1,25 +1,25 @@
 //! `/api/gateway/diagnostics`, local lifecycle and `/api/gateway/import-filesystem`.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use breakwater_services::{CreateLocalGateway, Diagnostics, ImportReport, LocalActionResult};
 use serde::Deserialize;
 
+use crate::access::{ADMIN, OPERATOR, Routes};
 use crate::extract::{Caller, QueryPairs};
 use crate::gateway_routes::gateway_name;
 use crate::{ApiError, ApiResult, AppState};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/gateway/diagnostics", get(diagnostics))
-        .route("/api/gateway/import-filesystem", post(import_filesystem))
-        .route("/api/gateway/create", post(create))
-        .route("/api/gateway/{name}/start", post(start))
-        .route("/api/gateway/{name}/stop", post(stop))
-        .route("/api/gateway/{name}/restart", post(restart))
-        .route("/api/gateway/{name}/destroy", post(destroy))
+pub(crate) fn routes() -> Routes {
+    Routes::new()
+        .get("/api/gateway/diagnostics", OPERATOR, diagnostics)
+        .post("/api/gateway/import-filesystem", ADMIN, import_filesystem)
+        .post("/api/gateway/create", ADMIN, create)
+        .post("/api/gateway/{name}/start", ADMIN, start)
+        .post("/api/gateway/{name}/stop", ADMIN, stop)
+        .post("/api/gateway/{name}/restart", ADMIN, restart)
+        .post("/api/gateway/{name}/destroy", ADMIN, destroy)
 }
 
 async fn diagnostics(State(state): State<AppState>) -> Json<Diagnostics> {

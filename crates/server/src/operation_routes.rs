@@ -4,26 +4,26 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use breakwater_domain::operation::{Operation, OperationStatus};
 use futures::Stream;
 use serde::Serialize;
 
+use crate::access::{OPERATOR, Routes, VIEWER};
 use crate::extract::QueryPairs;
 use crate::{ApiError, ApiResult, AppState};
 
 /// Longest `?wait=` honoured, in seconds.
 const MAX_WAIT: u32 = 60;
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/operations", get(list))
-        .route("/api/operations/{id}", get(get_one))
-        .route("/api/operations/{id}/stream", get(stream))
-        .route("/api/operations/{id}/cancel", post(cancel))
+pub(crate) fn routes() -> Routes {
+    Routes::new()
+        .get("/api/operations", VIEWER, list)
+        .get("/api/operations/{id}", VIEWER, get_one)
+        .get("/api/operations/{id}/stream", VIEWER, stream)
+        .post("/api/operations/{id}/cancel", OPERATOR, cancel)
 }
 
 #[derive(Serialize)]

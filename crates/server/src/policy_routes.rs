@@ -1,10 +1,10 @@
 //! `/api/gateways/{gw}/sandboxes/{name}/policy…` and `/api/policies/presets…`.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::routing::{post, put};
 use breakwater_domain::SandboxName;
 use breakwater_domain::policy::{NetworkRule, Policy, PolicyRevision};
 use breakwater_domain::policy_yaml::PolicyDiff;
@@ -16,27 +16,33 @@ use serde::{Deserialize, Serialize};
 
 use crate::extract::{Caller, QueryPairs};
 use crate::gateway_routes::gateway_name;
+use axum::http::Method;
+
+use crate::access::{OPERATOR, Routes, VIEWER};
 use crate::{ApiError, ApiResult, AppState};
 
-pub(crate) fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Routes {
     let p = "/api/gateways/{gw}/sandboxes/{name}/policy";
-    Router::new()
-        .route(p, get(get_policy).put(put_policy))
-        .route(&format!("{p}/effective"), get(effective))
-        .route(&format!("{p}/export"), get(export))
-        .route(&format!("{p}/apply"), post(apply))
-        .route(&format!("{p}/revisions"), get(revisions))
-        .route(&format!("{p}/diff"), get(diff))
-        .route(&format!("{p}/network-rules"), post(add_rule))
-        .route(&format!("{p}/network-rules/{{key}}"), axum::routing::delete(delete_rule))
-        .route(&format!("{p}/filesystem"), post(add_path).delete(delete_path))
-        .route(&format!("{p}/process"), put(put_process))
-        .route(&format!("{p}/presets/{{preset}}"), post(apply_preset))
-        .route(&format!("{p}/presets/{{preset}}/preview"), get(preview_preset))
-        .route("/api/policies/presets", get(list_presets))
-        .route("/api/policies/presets/{preset}", get(get_preset))
-        // Policy documents may be up to 4 MiB of YAML, sent inside JSON.
-        .layer(axum::extract::DefaultBodyLimit::max(POLICY_BODY_LIMIT))
+    // Policy documents may be up to 4 MiB of YAML, sent inside JSON.
+    let big =
+        |mr: axum::routing::MethodRouter<AppState>| mr.layer(axum::extract::DefaultBodyLimit::max(POLICY_BODY_LIMIT));
+    Routes::new()
+        .get(p, VIEWER, get_policy)
+        .method(Method::PUT, p, OPERATOR, big(put(put_policy)))
+        .get(format!("{p}/effective"), VIEWER, effective)
+        .get(format!("{p}/export"), VIEWER, export)
+        .method(Method::POST, format!("{p}/apply"), OPERATOR, big(post(apply)))
+        .get(format!("{p}/revisions"), VIEWER, revisions)
+        .get(format!("{p}/diff"), VIEWER, diff)
+        .post(format!("{p}/network-rules"), OPERATOR, add_rule)
+        .delete(format!("{p}/network-rules/{{key}}"), OPERATOR, delete_rule)
+        .post(format!("{p}/filesystem"), OPERATOR, add_path)
+        .delete(format!("{p}/filesystem"), OPERATOR, delete_path)
+        .put(format!("{p}/process"), OPERATOR, put_process)
+        .post(format!("{p}/presets/{{preset}}"), OPERATOR, apply_preset)
+        .get(format!("{p}/presets/{{preset}}/preview"), VIEWER, preview_preset)
+        .get("/api/policies/presets", VIEWER, list_presets)
+        .get("/api/policies/presets/{preset}", VIEWER, get_preset)
 }
 
 /// Policy routes take larger bodies than the rest of the API.

@@ -3,10 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use breakwater_domain::provider::{Provider, ProviderAttachment, ProviderProfile};
 use breakwater_domain::{ProviderName, Secret};
 use breakwater_services::providers::{
@@ -14,22 +13,29 @@ use breakwater_services::providers::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::access::{OPERATOR, Routes, VIEWER};
 use crate::extract::{Caller, QueryPairs};
 use crate::gateway_routes::gateway_name;
 use crate::{ApiError, ApiResult, AppState};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/gateways/{gw}/providers", get(list).post(create))
-        .route("/api/gateways/{gw}/providers/types", get(types))
-        .route("/api/gateways/{gw}/providers/inference-providers", get(inference_providers))
-        .route("/api/gateways/{gw}/providers/community-sandboxes", get(community_sandboxes))
-        .route("/api/gateways/{gw}/provider-profiles", get(profiles))
-        .route("/api/gateways/{gw}/provider-profiles/{id}", get(profile).delete(delete_profile))
-        .route("/api/gateways/{gw}/providers/{name}", get(get_one).put(update).delete(delete))
-        .route("/api/gateways/{gw}/inference", get(inference).put(set_inference))
-        .route("/api/gateways/{gw}/sandboxes/{name}/providers", get(sandbox_providers).post(attach))
-        .route("/api/gateways/{gw}/sandboxes/{name}/providers/{provider}", axum::routing::delete(detach))
+pub(crate) fn routes() -> Routes {
+    Routes::new()
+        .get("/api/gateways/{gw}/providers", VIEWER, list)
+        .post("/api/gateways/{gw}/providers", OPERATOR, create)
+        .get("/api/gateways/{gw}/providers/types", VIEWER, types)
+        .get("/api/gateways/{gw}/providers/inference-providers", VIEWER, inference_providers)
+        .get("/api/gateways/{gw}/providers/community-sandboxes", VIEWER, community_sandboxes)
+        .get("/api/gateways/{gw}/provider-profiles", VIEWER, profiles)
+        .get("/api/gateways/{gw}/provider-profiles/{id}", VIEWER, profile)
+        .delete("/api/gateways/{gw}/provider-profiles/{id}", OPERATOR, delete_profile)
+        .get("/api/gateways/{gw}/providers/{name}", VIEWER, get_one)
+        .put("/api/gateways/{gw}/providers/{name}", OPERATOR, update)
+        .delete("/api/gateways/{gw}/providers/{name}", OPERATOR, delete)
+        .get("/api/gateways/{gw}/inference", VIEWER, inference)
+        .put("/api/gateways/{gw}/inference", OPERATOR, set_inference)
+        .get("/api/gateways/{gw}/sandboxes/{name}/providers", VIEWER, sandbox_providers)
+        .post("/api/gateways/{gw}/sandboxes/{name}/providers", OPERATOR, attach)
+        .delete("/api/gateways/{gw}/sandboxes/{name}/providers/{provider}", OPERATOR, detach)
 }
 
 fn provider(raw: &str) -> ApiResult<ProviderName> {

@@ -3,32 +3,36 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use breakwater_domain::operation::Operation;
 use breakwater_domain::registry::GatewayMetadataPatch;
 use breakwater_domain::sandbox::{LogLine, Sandbox, SandboxLogs};
 use breakwater_services::sandboxes::{Command, CreateSandbox, ExecInput, ExecStarted, LogFilter};
 use serde::{Deserialize, Serialize};
 
+use crate::access::{OPERATOR, Routes, VIEWER};
 use crate::extract::{Caller, QueryPairs};
 use crate::gateway_routes::gateway_name;
 use crate::{ApiError, ApiResult, AppState};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/gateways/{gw}/sandboxes", get(list).post(create))
-        .route("/api/gateways/{gw}/sandboxes/{name}", get(get_one).patch(patch).delete(delete))
-        .route("/api/gateways/{gw}/sandboxes/{name}/config", get(config))
-        .route("/api/gateways/{gw}/sandboxes/{name}/stop", post(stop))
-        .route("/api/gateways/{gw}/sandboxes/{name}/start", post(start))
-        .route("/api/gateways/{gw}/sandboxes/{name}/ssh", post(ssh).delete(revoke_ssh))
-        .route("/api/gateways/{gw}/sandboxes/{name}/exec", post(exec))
-        .route("/api/gateways/{gw}/sandboxes/{name}/logs", get(logs))
-        .route("/api/sandbox-templates", get(templates))
-        .route("/api/sandbox-templates/{name}", get(template))
+pub(crate) fn routes() -> Routes {
+    Routes::new()
+        .get("/api/gateways/{gw}/sandboxes", VIEWER, list)
+        .post("/api/gateways/{gw}/sandboxes", OPERATOR, create)
+        .get("/api/gateways/{gw}/sandboxes/{name}", VIEWER, get_one)
+        .patch("/api/gateways/{gw}/sandboxes/{name}", OPERATOR, patch)
+        .delete("/api/gateways/{gw}/sandboxes/{name}", OPERATOR, delete)
+        .get("/api/gateways/{gw}/sandboxes/{name}/config", VIEWER, config)
+        .post("/api/gateways/{gw}/sandboxes/{name}/stop", OPERATOR, stop)
+        .post("/api/gateways/{gw}/sandboxes/{name}/start", OPERATOR, start)
+        .post("/api/gateways/{gw}/sandboxes/{name}/ssh", OPERATOR, ssh)
+        .delete("/api/gateways/{gw}/sandboxes/{name}/ssh", OPERATOR, revoke_ssh)
+        .post("/api/gateways/{gw}/sandboxes/{name}/exec", OPERATOR, exec)
+        .get("/api/gateways/{gw}/sandboxes/{name}/logs", VIEWER, logs)
+        .get("/api/sandbox-templates", VIEWER, templates)
+        .get("/api/sandbox-templates/{name}", VIEWER, template)
 }
 
 #[derive(Serialize)]

@@ -217,6 +217,12 @@ impl IdentityService {
         }
     }
 
+    /// How long a session cookie may live.
+    #[must_use]
+    pub fn session_max_age(&self) -> Duration {
+        self.0.settings.session_absolute
+    }
+
     /// True until the first user exists.
     pub async fn needs_setup(&self) -> Result<bool> {
         Ok(self.0.store.count_users().await? == 0)

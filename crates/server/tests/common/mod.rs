@@ -32,6 +32,21 @@ pub async fn spawn_app(store: TestStore, monitor_interval: Duration) -> TestApp 
 }
 
 pub async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools: LocalTools) -> TestApp {
+    spawn_app_full(store, monitor_interval, tools, breakwater_server::AuthMode::Local).await
+}
+
+/// A server that requires sign-in.
+pub async fn spawn_app_auth(store: TestStore) -> TestApp {
+    let auth = breakwater_server::AuthMode::Enabled { secure_cookies: false };
+    spawn_app_full(store, Duration::from_secs(60), LocalTools::default(), auth).await
+}
+
+pub async fn spawn_app_full(
+    store: TestStore,
+    monitor_interval: Duration,
+    tools: LocalTools,
+    auth: breakwater_server::AuthMode,
+) -> TestApp {
     let audit = AuditService::new(store.store.clone());
     let gateways = GatewayService::new(store.store.clone(), audit.clone());
     let monitor =
@@ -69,6 +84,14 @@ pub async fn spawn_app_with(store: TestStore, monitor_interval: Duration, tools:
         operations: operations.clone(),
         sandboxes,
         providers,
+        identity: breakwater_services::IdentityService::new(
+            store.store.clone(),
+            AuditService::new(store.store.clone()),
+            breakwater_services::IdentitySettings::for_tests(),
+        ),
+        auth,
+        routes: breakwater_server::RouteTable::default(),
+        hsts: false,
         host_guard: breakwater_server::HostGuard::loopback(&[]),
         list_cache: std::sync::Arc::default(),
         monitor,

@@ -1,0 +1,369 @@
+//! `/api/auth/…`: first-run setup, sign-in and out, the session check,
+//! users, service principals and per-gateway roles.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use breakwater_domain::Secret;
+use breakwater_domain::access::{PrincipalKind, Role, ServicePrincipal, User};
+use breakwater_services::Principal;
+use serde::{Deserialize, Serialize};
+
+use crate::access::{ADMIN, PUBLIC, Routes};
+use crate::auth::{AuthMode, Identified, SESSION_COOKIE};
+use crate::extract::{Caller, QueryPairs};
+use crate::{ApiError, ApiResult, AppState};
+
+pub(crate) fn routes() -> Routes {
+    let users = "/api/auth/users/{id}/gateway-roles";
+    let sps = "/api/auth/service-principals/{id}/gateway-roles";
+    Routes::new()
+        .post("/api/auth/setup", PUBLIC, setup)
+        .post("/api/auth/login", PUBLIC, login)
+        .post("/api/auth/logout", PUBLIC, logout)
+        .get("/api/auth/check", PUBLIC, check)
+        .get("/api/auth/oidc/providers", PUBLIC, oidc_providers)
+        .get("/api/auth/users", ADMIN, list_users)
+        .post("/api/auth/users", ADMIN, create_user)
+        .patch("/api/auth/users/{id}", ADMIN, update_user)
+        .delete("/api/auth/users/{id}", ADMIN, delete_user)
+        .get(users, ADMIN, user_gateway_roles)
+        .put(format!("{users}/{{gw}}"), ADMIN, set_user_gateway_role)
+        .delete(format!("{users}/{{gw}}"), ADMIN, delete_user_gateway_role)
+        .get("/api/auth/service-principals", ADMIN, list_sps)
+        .post("/api/auth/service-principals", ADMIN, create_sp)
+        .delete("/api/auth/service-principals/{id}", ADMIN, delete_sp)
+        .post("/api/auth/service-principals/{id}/rotate", ADMIN, rotate_sp)
+        .get(sps, ADMIN, sp_gateway_roles)
+        .put(format!("{sps}/{{gw}}"), ADMIN, set_sp_gateway_role)
+        .delete(format!("{sps}/{{gw}}"), ADMIN, delete_sp_gateway_role)
+}
+
+fn local_mode(state: &AppState) -> ApiResult<()> {
+    if state.auth == AuthMode::Local {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "LOCAL_MODE",
+            "this server runs without sign-in (--no-auth): everyone is local-admin",
+        ));
+    }
+    Ok(())
+}
+
+fn session_cookie(state: &AppState, token: &str, max_age: u64) -> HeaderValue {
+    let secure = matches!(state.auth, AuthMode::Enabled { secure_cookies: true });
+    let value = format!(
+        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age}{}",
+        if secure { "; Secure" } else { "" }
+    );
+    HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static(""))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct SignedIn {
+    email: String,
+    role: Role,
+    /// Where a browser goes next: a path on this site, never elsewhere.
+    redirect: String,
+}
+
+/// Only a local path (`/x`, not `//host/x` or `https://…`) is followed.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.starts_with("/\\")
+                && !n.chars().any(|c| c.is_control() || c == '\\') =>
+        {
+            n.to_owned()
+        }
+        _ => "/".to_owned(),
+    }
+}
+
+async fn signed_in(
+    state: &AppState,
+    email: &str,
+    password: &Secret,
+    ip: Option<String>,
+    next: Option<&str>,
+) -> ApiResult<Response> {
+    let issued = state.identity.login(email, password, ip).await?;
+    let max_age = state.identity.session_max_age().as_secs();
+    let body = SignedIn { email: issued.item.email.clone(), role: issued.item.role, redirect: safe_next(next) };
+    Ok(([(header::SET_COOKIE, session_cookie(state, issued.secret.expose(), max_age))], Json(body)).into_response())
+}
+
+/// The first admin, while no user exists; signed in at once.
+async fn setup(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Json(body): Json<Credentials>,
+) -> ApiResult<Response> {
+    local_mode(&state)?;
+    let password = Secret::new(body.password);
+    state.identity.setup(&body.email, &password, caller.client_ip.clone()).await?;
+    let mut resp = signed_in(&state, &body.email, &password, caller.client_ip, None).await?;
+    *resp.status_mut() = StatusCode::CREATED;
+    Ok(resp)
+}
+
+async fn login(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    q: QueryPairs,
+    Json(body): Json<Credentials>,
+) -> ApiResult<Response> {
+    local_mode(&state)?;
+    signed_in(&state, &body.email, &Secret::new(body.password), caller.client_ip, q.get("next")).await
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    let token = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_owned());
+    if let Some(t) = token {
+        state.identity.logout(&Secret::new(t)).await?;
+    }
+    Ok(([(header::SET_COOKIE, session_cookie(&state, "", 0))], Json(serde_json::json!({"ok": true}))).into_response())
+}
+
+async fn check(
+    State(state): State<AppState>,
+    who: Option<axum::Extension<Identified>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let local = state.auth == AuthMode::Local;
+    let needs_setup = !local && state.identity.needs_setup().await?;
+    let (email, role) = match who.as_ref().map(|w| &w.0.who) {
+        Some(a) => (
+            match &a.principal {
+                Principal::User(u) => Some(u.email.clone()),
+                _ => None,
+            },
+            a.grants.global_role(),
+        ),
+        None => (None, None),
+    };
+    Ok(Json(serde_json::json!({
+        "authenticated": who.is_some(),
+        "auth_enabled": !local,
+        "role": role,
+        "email": email,
+        "name": who.as_ref().map(|w| w.0.who.name()),
+        "needs_setup": needs_setup,
+        "registration_enabled": false,
+        "local_mode": local,
+        "oidc_providers": [],
+    })))
+}
+
+async fn oidc_providers() -> Json<Vec<serde_json::Value>> {
+    Json(Vec::new())
+}
+
+async fn list_users(State(state): State<AppState>) -> ApiResult<Json<Vec<User>>> {
+    Ok(Json(state.identity.users().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUserBody {
+    email: String,
+    role: Option<String>,
+    password: Option<String>,
+}
+
+fn role(raw: Option<&str>, default: Role) -> ApiResult<Role> {
+    raw.map_or(Ok(default), |r| Role::parse(r).map_err(|e| ApiError::bad_request("role", e.to_string())))
+}
+
+async fn create_user(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Json(body): Json<NewUserBody>,
+) -> ApiResult<(StatusCode, Json<User>)> {
+    let role = role(body.role.as_deref(), Role::Viewer)?;
+    let password = body.password.map(Secret::new);
+    let user = state.identity.create_user(&actor, &body.email, role, password.as_ref()).await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateUserBody {
+    role: Option<String>,
+    active: Option<bool>,
+    password: Option<String>,
+}
+
+/// Role, active flag, password: each optional; effective on the user's next request.
+async fn update_user(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateUserBody>,
+) -> ApiResult<Json<User>> {
+    if let Some(r) = body.role.as_deref() {
+        state.identity.set_role(&actor, &id, role(Some(r), Role::Viewer)?).await?;
+    }
+    if let Some(active) = body.active {
+        state.identity.set_active(&actor, &id, active).await?;
+    }
+    if let Some(p) = body.password {
+        state.identity.set_password(&actor, &id, &Secret::new(p)).await?;
+    }
+    let user = state.identity.users().await?.into_iter().find(|u| u.id == id);
+    user.map(Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("user {id} not found")))
+}
+
+async fn delete_user(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    state.identity.delete_user(&actor, &id).await?;
+    Ok(Json(serde_json::json!({"ok": true})))
+}
+
+#[derive(Serialize)]
+struct GatewayRole {
+    gateway: String,
+    role: Role,
+}
+
+async fn gateway_roles(state: &AppState, kind: PrincipalKind, id: &str) -> ApiResult<Json<Vec<GatewayRole>>> {
+    let roles = state.identity.gateway_roles(kind, id).await?;
+    Ok(Json(roles.into_iter().map(|(gateway, role)| GatewayRole { gateway, role }).collect()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleBody {
+    role: String,
+}
+
+async fn set_gateway_role(
+    state: &AppState,
+    actor: &breakwater_services::Actor,
+    kind: PrincipalKind,
+    id: &str,
+    gw: &str,
+    body: &RoleBody,
+) -> ApiResult<Json<GatewayRole>> {
+    let gw_name = crate::gateway_routes::gateway_name(gw)?;
+    let r = role(Some(&body.role), Role::Viewer)?;
+    state.identity.set_gateway_role(actor, kind, id, gw_name.as_str(), Some(r)).await?;
+    Ok(Json(GatewayRole { gateway: gw_name.as_str().to_owned(), role: r }))
+}
+
+async fn user_gateway_roles(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<GatewayRole>>> {
+    gateway_roles(&state, PrincipalKind::User, &id).await
+}
+
+async fn set_user_gateway_role(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((id, gw)): Path<(String, String)>,
+    Json(body): Json<RoleBody>,
+) -> ApiResult<Json<GatewayRole>> {
+    set_gateway_role(&state, &actor, PrincipalKind::User, &id, &gw, &body).await
+}
+
+async fn delete_user_gateway_role(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((id, gw)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    state.identity.set_gateway_role(&actor, PrincipalKind::User, &id, &gw, None).await?;
+    Ok(Json(serde_json::json!({"ok": true})))
+}
+
+async fn sp_gateway_roles(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vec<GatewayRole>>> {
+    gateway_roles(&state, PrincipalKind::ServicePrincipal, &id).await
+}
+
+async fn set_sp_gateway_role(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((id, gw)): Path<(String, String)>,
+    Json(body): Json<RoleBody>,
+) -> ApiResult<Json<GatewayRole>> {
+    set_gateway_role(&state, &actor, PrincipalKind::ServicePrincipal, &id, &gw, &body).await
+}
+
+async fn delete_sp_gateway_role(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((id, gw)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    state.identity.set_gateway_role(&actor, PrincipalKind::ServicePrincipal, &id, &gw, None).await?;
+    Ok(Json(serde_json::json!({"ok": true})))
+}
+
+async fn list_sps(State(state): State<AppState>) -> ApiResult<Json<Vec<ServicePrincipal>>> {
+    Ok(Json(state.identity.service_principals().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSpBody {
+    name: String,
+    role: Option<String>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The key once: it is not stored and cannot be shown again.
+#[derive(Serialize)]
+struct SpWithKey {
+    #[serde(flatten)]
+    service_principal: ServicePrincipal,
+    key: String,
+}
+
+async fn create_sp(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Json(body): Json<NewSpBody>,
+) -> ApiResult<(StatusCode, Json<SpWithKey>)> {
+    let r = role(body.role.as_deref(), Role::Viewer)?;
+    let issued = state.identity.create_service_principal(&actor, &body.name, r, body.expires_at).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SpWithKey { service_principal: issued.item, key: issued.secret.expose().to_owned() }),
+    ))
+}
+
+async fn rotate_sp(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SpWithKey>> {
+    let issued = state.identity.rotate_service_principal(&actor, &id).await?;
+    Ok(Json(SpWithKey { service_principal: issued.item, key: issued.secret.expose().to_owned() }))
+}
+
+async fn delete_sp(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    state.identity.delete_service_principal(&actor, &id).await?;
+    Ok(Json(serde_json::json!({"ok": true})))
+}
