@@ -14,7 +14,7 @@ use breakwater_domain::access::Role;
 use breakwater_domain::policy::{NetworkBinary, NetworkEndpoint, NetworkRule, Policy};
 use breakwater_domain::registry::GatewayName;
 use breakwater_domain::sandbox::NewSandbox;
-use breakwater_domain::{Labels, SandboxName, Secret};
+use breakwater_domain::{Labels, SandboxName, Secret, sanitize};
 use breakwater_gateway::Gateway;
 use breakwater_server::{AppState, AuthMode, HostGuard};
 use breakwater_services::{
@@ -46,6 +46,59 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Users, on the database directly (bootstrap and recovery; the server
+    /// may be running).
+    User {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Service principals and their API keys, on the database directly.
+    Token {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user. The password comes from BREAKWATER_USER_PASSWORD or,
+    /// without it, the first line of standard input.
+    Create {
+        email: String,
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        #[arg(long, env = "BREAKWATER_USER_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+    /// List users.
+    List,
+    /// Delete a user (the last admin cannot go).
+    Delete { email: String },
+    /// Change a user's global role.
+    SetRole { email: String, role: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a service principal; its API key is printed once.
+    Create {
+        name: String,
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// The key stops working after this many days.
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List service principals (never their keys).
+    List,
+    /// Delete a service principal; its key stops working at once.
+    Revoke { name: String },
+    /// Issue a new key; the old one stops working at once.
+    Rotate { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +113,35 @@ enum LogFormat {
     Json,
 }
 
+/// Where Breakwater keeps its state.
+#[derive(Clone, Debug, Args)]
+struct StoreArgs {
+    /// Where the SQLite database and the secret key file live
+    /// (default for serve: the user's data directory, e.g. ~/.local/share/breakwater;
+    /// for demo: a temporary directory removed on exit).
+    #[arg(long, env = "BREAKWATER_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// PostgreSQL instead of the embedded SQLite: postgres://user@host/db.
+    #[arg(long, env = "BREAKWATER_DATABASE_URL", hide_env_values = true, global = true)]
+    database_url: Option<String>,
+    /// Base64 32-byte key that encrypts stored secrets (default: a key file in the data directory).
+    #[arg(long, env = "BREAKWATER_SECRET_KEY", hide_env_values = true, global = true)]
+    secret_key: Option<String>,
+}
+
+impl StoreArgs {
+    fn data_dir(&self, demo: Option<&tempfile::TempDir>) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.data_dir {
+            return Ok(d.clone());
+        }
+        if let Some(t) = demo {
+            return Ok(t.path().to_owned());
+        }
+        let base = dirs::data_dir().context("no user data directory on this system; pass --data-dir")?;
+        Ok(base.join("breakwater"))
+    }
+}
+
 #[derive(Clone, Debug, Args)]
 // Command-line switches are independent on/off flags, not states.
 #[allow(clippy::struct_excessive_bools)]
@@ -70,17 +152,8 @@ struct ServerArgs {
     /// Port to listen on.
     #[arg(long, short, env = "BREAKWATER_PORT", default_value_t = 8888)]
     port: u16,
-    /// Where the SQLite database and the secret key file live
-    /// (default for serve: the user's data directory, e.g. ~/.local/share/breakwater;
-    /// for demo: a temporary directory removed on exit).
-    #[arg(long, env = "BREAKWATER_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// PostgreSQL instead of the embedded SQLite: postgres://user@host/db.
-    #[arg(long, env = "BREAKWATER_DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
-    /// Base64 32-byte key that encrypts stored secrets (default: a key file in the data directory).
-    #[arg(long, env = "BREAKWATER_SECRET_KEY", hide_env_values = true)]
-    secret_key: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Seconds between gateway health sweeps.
     #[arg(long, env = "BREAKWATER_MONITOR_INTERVAL", default_value_t = 30)]
     monitor_interval: u64,
@@ -140,14 +213,7 @@ struct ServerArgs {
 
 impl ServerArgs {
     fn data_dir(&self, demo: Option<&tempfile::TempDir>) -> anyhow::Result<PathBuf> {
-        if let Some(d) = &self.data_dir {
-            return Ok(d.clone());
-        }
-        if let Some(t) = demo {
-            return Ok(t.path().to_owned());
-        }
-        let base = dirs::data_dir().context("no user data directory on this system; pass --data-dir")?;
-        Ok(base.join("breakwater"))
+        self.store.data_dir(demo)
     }
 
     fn local_tools(&self) -> LocalTools {
@@ -162,7 +228,7 @@ impl ServerArgs {
         if let Some(id) = &self.instance_id {
             return id.clone();
         }
-        if self.database_url.is_none() {
+        if self.store.database_url.is_none() {
             return "local".to_owned();
         }
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -204,7 +270,7 @@ impl ServerArgs {
         if self.audit_retention_days > AuditService::MAX_RETENTION_DAYS {
             bail!("--audit-retention-days must be at most {}", AuditService::MAX_RETENTION_DAYS);
         }
-        if let Some(key) = &self.secret_key {
+        if let Some(key) = &self.store.secret_key {
             SecretCipher::from_base64(key).context("--secret-key / BREAKWATER_SECRET_KEY")?;
         }
         self.monitor()?;
@@ -251,6 +317,8 @@ async fn main() {
             demo(args).await
         }
         Command::Config { command: ConfigCommand::Show(args) } => config_show(&args),
+        Command::User { store, command } => user_command(&store, command).await,
+        Command::Token { store, command } => token_command(&store, command).await,
     };
     if let Err(e) = result {
         eprintln!("breakwater: error: {e:#}");
@@ -317,11 +385,11 @@ fn config_show(args: &ServerArgs) -> anyhow::Result<()> {
         "bind": args.bind.to_string(),
         "port": args.port,
         "data_dir": data_dir,
-        "database": match &args.database_url {
+        "database": match &args.store.database_url {
             Some(url) => redact_url(url),
             None => format!("sqlite://{}", data_dir.join("breakwater.db").display()),
         },
-        "secret_key": match &args.secret_key {
+        "secret_key": match &args.store.secret_key {
             Some(_) => "REDACTED (from --secret-key / BREAKWATER_SECRET_KEY)".to_owned(),
             None => format!("key file {}", data_dir.join("secret.key").display()),
         },
@@ -343,13 +411,108 @@ fn config_show(args: &ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The identity service over the configured database, for commands run
+/// by an operator at the console.
+async fn identity_at(store: &StoreArgs) -> anyhow::Result<(IdentityService, Actor)> {
+    let data_dir = store.data_dir(None)?;
+    let db = open_store(store, &data_dir).await?;
+    let audit = AuditService::new(db.clone());
+    let who = std::env::var("USER").unwrap_or_else(|_| "console".into());
+    let actor = Actor { name: format!("cli:{}", sanitize(&who, 64)), role: "admin".into(), client_ip: None };
+    Ok((IdentityService::new(db, audit, IdentitySettings::default()), actor))
+}
+
+fn role_arg(raw: &str) -> anyhow::Result<Role> {
+    Role::parse(raw).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn user_command(store: &StoreArgs, command: UserCommand) -> anyhow::Result<()> {
+    let (ids, actor) = identity_at(store).await?;
+    let find = |users: Vec<breakwater_domain::access::User>, email: &str| {
+        let email = email.trim().to_lowercase();
+        users.into_iter().find(|u| u.email == email).with_context(|| format!("no user {email}"))
+    };
+    let fail = |e: breakwater_services::ServiceError| anyhow::anyhow!("{e}");
+    match command {
+        UserCommand::Create { email, role, password } => {
+            let password = if let Some(p) = password {
+                p
+            } else {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+                line.trim_end_matches(['\r', '\n']).to_owned()
+            };
+            let user =
+                ids.create_user(&actor, &email, role_arg(&role)?, Some(&Secret::new(password))).await.map_err(fail)?;
+            println!("created {} ({})", user.email, user.role);
+        }
+        UserCommand::List => {
+            for u in ids.users().await.map_err(fail)? {
+                let state = if u.active { "active" } else { "inactive" };
+                println!("{:<40} {:<9} {state} {}", u.email, u.role.as_str(), u.id);
+            }
+        }
+        UserCommand::Delete { email } => {
+            let user = find(ids.users().await.map_err(fail)?, &email)?;
+            ids.delete_user(&actor, &user.id).await.map_err(fail)?;
+            println!("deleted {}", user.email);
+        }
+        UserCommand::SetRole { email, role } => {
+            let user = find(ids.users().await.map_err(fail)?, &email)?;
+            let user = ids.set_role(&actor, &user.id, role_arg(&role)?).await.map_err(fail)?;
+            println!("{} is now {}", user.email, user.role);
+        }
+    }
+    Ok(())
+}
+
+async fn token_command(store: &StoreArgs, command: TokenCommand) -> anyhow::Result<()> {
+    let (ids, actor) = identity_at(store).await?;
+    let fail = |e: breakwater_services::ServiceError| anyhow::anyhow!("{e}");
+    let find = |sps: Vec<breakwater_domain::access::ServicePrincipal>, name: &str| {
+        sps.into_iter().find(|s| s.name == name).with_context(|| format!("no service principal {name}"))
+    };
+    match command {
+        TokenCommand::Create { name, role, expires_in_days } => {
+            let expires = expires_in_days.map(|d| chrono::Utc::now() + chrono::Duration::days(i64::from(d)));
+            let issued = ids.create_service_principal(&actor, &name, role_arg(&role)?, expires).await.map_err(fail)?;
+            eprintln!("service principal {name} ({role}): the key below is shown once and cannot be read back");
+            println!("{}", issued.secret.expose());
+        }
+        TokenCommand::List => {
+            for sp in ids.service_principals().await.map_err(fail)? {
+                let expires = sp.expires_at.map_or_else(|| "never".to_owned(), |e| e.to_rfc3339());
+                let used = sp.last_used_at.map_or_else(|| "never".to_owned(), |e| e.to_rfc3339());
+                println!(
+                    "{:<24} {:<9} {}…  expires {expires}  last used {used}",
+                    sp.name,
+                    sp.role.as_str(),
+                    sp.key_prefix
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            let sp = find(ids.service_principals().await.map_err(fail)?, &name)?;
+            ids.delete_service_principal(&actor, &sp.id).await.map_err(fail)?;
+            println!("revoked {name}");
+        }
+        TokenCommand::Rotate { name } => {
+            let sp = find(ids.service_principals().await.map_err(fail)?, &name)?;
+            let issued = ids.rotate_service_principal(&actor, &sp.id).await.map_err(fail)?;
+            eprintln!("new key for {name} (the old one no longer works); shown once:");
+            println!("{}", issued.secret.expose());
+        }
+    }
+    Ok(())
+}
+
 struct Running {
     state: AppState,
     stop: CancellationToken,
     monitor: tokio::task::JoinHandle<()>,
 }
 
-async fn open_store(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(args: &StoreArgs, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
     let cipher = match &args.secret_key {
         Some(key) => SecretCipher::from_base64(key).context("BREAKWATER_SECRET_KEY / --secret-key")?,
         None => SecretCipher::from_key_file(&data_dir.join("secret.key"))?,
@@ -369,7 +532,7 @@ async fn open_store(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Re
 }
 
 async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<Running> {
-    let store = open_store(args, data_dir).await?;
+    let store = open_store(&args.store, data_dir).await?;
     let audit = AuditService::new(store.clone());
     let gateways = GatewayService::new(store.clone(), audit.clone());
     let monitor_settings = args.monitor()?;
@@ -507,7 +670,7 @@ async fn demo(mut args: ServerArgs) -> anyhow::Result<()> {
     args.no_auth = true;
     args.check()?;
     let listener = listen(&args).await?;
-    let temp = if args.data_dir.is_none() { Some(tempfile::tempdir()?) } else { None };
+    let temp = if args.store.data_dir.is_none() { Some(tempfile::tempdir()?) } else { None };
     let data_dir = args.data_dir(temp.as_ref())?;
     let pki = SimPki::mint(&[])?;
     let client = pki.client.clone().context("minted PKI has a client pair")?;

@@ -1,0 +1,74 @@
+//! `breakwater user …` and `breakwater token …` against the database
+//! directly, then the server honouring what they made.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn bw(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_breakwater"));
+    cmd.args(args).arg("--data-dir").arg(data).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("breakwater runs")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn users_and_tokens_made_at_the_console_work_against_the_server() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let pw = [("BREAKWATER_USER_PASSWORD", "a long enough passphrase")];
+    ok(&bw(d, &["user", "create", "Root@Example.com", "--role", "admin"], &pw));
+    ok(&bw(d, &["user", "create", "ops@example.com", "--role", "operator"], &pw));
+    let list = ok(&bw(d, &["user", "list"], &[]));
+    assert!(list.contains("root@example.com") && list.contains("operator"), "{list}");
+    // Errors say what is wrong and exit non-zero.
+    let dup = bw(d, &["user", "create", "root@example.com"], &pw);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"), "{dup:?}");
+    let demote = bw(d, &["user", "set-role", "root@example.com", "viewer"], &[]);
+    assert!(!demote.status.success() && String::from_utf8_lossy(&demote.stderr).contains("last admin"), "{demote:?}");
+    let bad = bw(d, &["user", "set-role", "ops@example.com", "root"], &[]);
+    assert!(!bad.status.success());
+
+    let key =
+        ok(&bw(d, &["token", "create", "ci", "--role", "admin", "--expires-in-days", "30"], &[])).trim().to_owned();
+    assert!(key.starts_with("bw_"), "{key}");
+    let tokens = ok(&bw(d, &["token", "list"], &[]));
+    assert!(tokens.contains("ci") && !tokens.contains(&key), "the list never shows a key: {tokens}");
+    let db = std::fs::read(d.join("breakwater.db")).unwrap();
+    assert!(!String::from_utf8_lossy(&db).contains(&key), "only a digest is stored");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_breakwater"))
+        .args(["serve", "--port", &port.to_string(), "--data-dir"])
+        .arg(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/api/gateway/list");
+    let mut status = 0;
+    for _ in 0..100 {
+        if let Ok(r) = http.get(&url).bearer_auth(&key).send().await {
+            status = r.status().as_u16();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200, "the console's key works against the server");
+    let rotated = ok(&bw(d, &["token", "rotate", "ci"], &[])).trim().to_owned();
+    assert_eq!(http.get(&url).bearer_auth(&key).send().await.unwrap().status().as_u16(), 401, "the old key is gone");
+    assert_eq!(http.get(&url).bearer_auth(&rotated).send().await.unwrap().status().as_u16(), 200);
+    ok(&bw(d, &["token", "revoke", "ci"], &[]));
+    assert_eq!(http.get(&url).bearer_auth(&rotated).send().await.unwrap().status().as_u16(), 401);
+    let _ = server.kill();
+    let _ = server.wait();
+}
