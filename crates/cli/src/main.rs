@@ -200,6 +200,13 @@ struct ServerArgs {
     admin_email: Option<String>,
     #[arg(long, env = "BREAKWATER_ADMIN_PASSWORD", hide_env_values = true)]
     admin_password: Option<String>,
+    /// A proxy (address or CIDR block) whose X-Forwarded-For names the
+    /// client; repeatable. Other senders' forwarding headers are ignored.
+    #[arg(long = "trusted-proxy", env = "BREAKWATER_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<String>,
+    /// Requests per minute from one client address (probes exempt; 0: no limit).
+    #[arg(long, env = "BREAKWATER_RATE_LIMIT", default_value_t = 1200)]
+    rate_limit: u32,
     /// A host name clients use to reach this server (repeatable). Requests
     /// naming another Host are refused, which stops DNS-rebinding attacks.
     /// Loopback names are always allowed on a loopback bind.
@@ -264,6 +271,8 @@ impl ServerArgs {
                 self.bind
             );
         }
+        breakwater_server::limits::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?;
         if self.admin_password.is_some() != self.admin_email.is_some() {
             bail!("BREAKWATER_ADMIN_EMAIL and BREAKWATER_ADMIN_PASSWORD go together");
         }
@@ -405,6 +414,8 @@ fn config_show(args: &ServerArgs) -> anyhow::Result<()> {
         "auth": if args.no_auth { "local mode (--no-auth): every request acts as local-admin" } else { "sign-in required (users, sessions, API keys)" },
         "secure_cookies": args.secure_cookies,
         "hsts": args.hsts,
+        "trusted_proxies": args.trusted_proxies,
+        "rate_limit_per_minute": args.rate_limit,
         "admin_bootstrap": args.admin_email.as_ref().map(|e| format!("{e} (password REDACTED)")),
     });
     println!("{}", serde_json::to_string_pretty(&shown)?);
@@ -593,6 +604,9 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
         auth,
         routes: breakwater_server::RouteTable::default(),
         hsts: args.hsts,
+        trusted_proxies: breakwater_server::limits::TrustedProxies::parse(&args.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?,
+        rate_limiter: breakwater_server::limits::RateLimiter::new(args.rate_limit),
         host_guard: args.host_guard(),
         list_cache: Arc::default(),
         monitor: monitor_settings,

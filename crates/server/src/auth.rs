@@ -9,10 +9,8 @@
 //! cookie-authenticated write whose `Origin` is missing (a browser always
 //! sends it on cross-origin writes; the host guard refuses a wrong one).
 
-use std::net::SocketAddr;
-
 use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, State};
+use axum::extract::{MatchedPath, State};
 use axum::http::{HeaderValue, Method, Request, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -20,6 +18,7 @@ use breakwater_domain::Secret;
 use breakwater_services::{Actor, Authenticated};
 
 use crate::access::{Access, RouteSpec};
+use crate::limits::ClientIp;
 use crate::{ApiError, AppState};
 
 /// The session cookie's name.
@@ -156,7 +155,7 @@ pub(crate) async fn authorize(State(state): State<AppState>, req: Request<Body>,
     let gateway = gateway_of(&spec, &path);
     let role = identified.who.role(gateway);
     if role.is_none_or(|r| r < needed) {
-        let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        let ip = req.extensions().get::<ClientIp>().map(|c| c.0.to_string());
         let actor = identified.who.actor(gateway, ip);
         let detail = serde_json::json!({"method": req.method().as_str(), "route": spec.path, "needed": needed});
         state.audit.log(&actor, "access.forbidden", "route", &spec.path, gateway, detail).await;
@@ -174,7 +173,7 @@ pub(crate) async fn authorize(State(state): State<AppState>, req: Request<Body>,
 
 /// The caller as the audit trail records them (anonymous on public routes).
 pub(crate) fn actor_of(parts: &axum::http::request::Parts) -> Actor {
-    let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+    let ip = parts.extensions.get::<ClientIp>().map(|c| c.0.to_string());
     let Some(identified) = parts.extensions.get::<Identified>() else {
         return Actor { name: "anonymous".into(), role: "none".into(), client_ip: ip };
     };

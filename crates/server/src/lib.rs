@@ -14,6 +14,7 @@ mod error;
 mod extract;
 mod gateway_routes;
 mod guard;
+pub mod limits;
 mod live_routes;
 mod local_routes;
 mod operation_routes;
@@ -65,6 +66,9 @@ pub struct AppState {
     pub routes: RouteTable,
     /// Send `Strict-Transport-Security` (behind TLS only).
     pub hsts: bool,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: limits::TrustedProxies,
+    pub rate_limiter: Arc<limits::RateLimiter>,
     pub host_guard: HostGuard,
     /// Serialised `GET /api/gateway/list` pages (see `gateway_routes::ListCache`).
     pub list_cache: Arc<gateway_routes::ListCache>,
@@ -93,7 +97,7 @@ pub fn routes() -> Routes {
 }
 
 /// The whole HTTP surface. Layers, outermost first: security headers, body
-/// limit, host/origin guard, authentication, request ids and problem
+/// limit, host/origin guard, client address and rate limit, authentication, request ids and problem
 /// bodies, routing, then authorization against the route table.
 pub fn router(mut state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
@@ -105,6 +109,7 @@ pub fn router(mut state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::security_headers))

@@ -408,3 +408,63 @@ fn every_route_has_the_least_role_the_contract_gives_it() {
     }
     assert!(compared > 90, "most of the contract is served: {compared}");
 }
+
+#[tokio::test]
+async fn one_address_is_rate_limited_probes_are_not_and_forwarding_headers_need_a_trusted_proxy() {
+    let tools = breakwater_services::LocalTools::default();
+    let app = common::spawn_app_limited(
+        breakwater_store::testing::sqlite().await,
+        Duration::from_secs(60),
+        tools,
+        breakwater_server::AuthMode::Local,
+        30,
+        &[],
+    )
+    .await;
+    // A forged X-Forwarded-For from an untrusted peer changes nothing.
+    let r = app
+        .http
+        .patch(format!("{}/api/gateway/nope", app.base))
+        .header("x-forwarded-for", "203.0.113.9")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let mut limited = None;
+    for i in 0..40 {
+        let r = app.http.get(format!("{}/api/gateway/list", app.base)).send().await.unwrap();
+        if r.status().as_u16() == 429 {
+            limited = Some((i, r.headers()["retry-after"].to_str().unwrap().to_owned()));
+            break;
+        }
+    }
+    let (at, retry) = limited.expect("the 31st request in a minute is refused");
+    assert!(at >= 28, "the bucket holds 30: refused at {at}");
+    assert!(retry.parse::<u64>().unwrap() >= 1);
+    for _ in 0..50 {
+        assert_eq!(app.http.get(format!("{}/healthz", app.base)).send().await.unwrap().status().as_u16(), 200);
+    }
+
+    // Behind a trusted proxy, the forwarded client is the one limited and recorded.
+    let proxied = common::spawn_app_limited(
+        breakwater_store::testing::sqlite().await,
+        Duration::from_secs(60),
+        breakwater_services::LocalTools::default(),
+        breakwater_server::AuthMode::Local,
+        0,
+        &["127.0.0.1"],
+    )
+    .await;
+    let r = proxied
+        .http
+        .post(format!("{}/api/audit/cleanup", proxied.base))
+        .header("x-forwarded-for", "198.51.100.4, 127.0.0.1")
+        .json(&json!({"older_than_days": 3650}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (_, audit) = proxied.get("/api/audit?action=audit.cleanup").await;
+    assert_eq!(audit["entries"][0]["client_ip"], "198.51.100.4", "{audit}");
+}

@@ -41,6 +41,8 @@ pub struct IdentitySettings {
     pub session_absolute: Duration,
     /// Failed sign-ins in a row that lock an account.
     pub lockout_after: u32,
+    /// Failed sign-ins from one address (any accounts) that lock it out.
+    pub ip_lockout_after: u32,
     pub lockout_for: Duration,
     /// Argon2id memory (KiB) and passes.
     pub hash_memory_kib: u32,
@@ -53,6 +55,7 @@ impl Default for IdentitySettings {
             session_idle: Duration::from_secs(8 * 3600),
             session_absolute: Duration::from_secs(7 * 24 * 3600),
             lockout_after: 10,
+            ip_lockout_after: 50,
             lockout_for: Duration::from_secs(15 * 60),
             // OWASP's Argon2id baseline: 19 MiB, 2 passes, 1 lane.
             hash_memory_kib: 19 * 1024,
@@ -155,6 +158,8 @@ struct Inner {
     /// Failed sign-ins for emails with no account (accounts keep theirs in
     /// the store), so an unknown email locks exactly like a known one.
     unknown_failures: Mutex<HashMap<String, (u32, DateTime<Utc>)>>,
+    /// Failed sign-ins per client address, whatever the account.
+    ip_failures: Mutex<HashMap<String, (u32, DateTime<Utc>)>>,
     /// When each session or key was last written as used.
     touched: Mutex<HashMap<String, std::time::Instant>>,
 }
@@ -174,6 +179,7 @@ impl IdentityService {
             hasher,
             dummy_hash,
             unknown_failures: Mutex::default(),
+            ip_failures: Mutex::default(),
             touched: Mutex::default(),
         }))
     }
@@ -270,6 +276,27 @@ impl IdentityService {
         let key = email.trim().to_lowercase();
         let now = Utc::now();
         let attempt = Actor { name: sanitize(&key, 254), role: "none".into(), client_ip: client_ip.clone() };
+        if let Some(locked) = client_ip.as_deref().and_then(|ip| self.ip_locked(ip, now)) {
+            return Err(locked);
+        }
+        let result = self.login_checked(&key, email, password, client_ip.clone(), &attempt, now).await;
+        if let (Err(ServiceError::Unauthenticated { .. } | ServiceError::Throttled { .. }), Some(ip)) =
+            (&result, client_ip.as_deref())
+        {
+            self.ip_failed(ip, now);
+        }
+        result
+    }
+
+    async fn login_checked(
+        &self,
+        key: &str,
+        email: &str,
+        password: &Secret,
+        client_ip: Option<String>,
+        attempt: &Actor,
+        now: DateTime<Utc>,
+    ) -> Result<Issued<User>> {
         let found = match Email::parse(email) {
             Ok(e) => self.0.store.user_by_email(e.as_str()).await?,
             Err(_) => None,
@@ -277,10 +304,10 @@ impl IdentityService {
         let Some((mut user, hash)) = found else {
             // Same work as a real check, then the same answer.
             let _ = self.verify(password, &self.0.dummy_hash);
-            let locked = self.unknown_failed(&key, now);
+            let locked = self.unknown_failed(key, now);
             self.0
                 .audit
-                .log(&attempt, "auth.login_failed", "user", "-", None, serde_json::json!({"reason": "bad_credentials"}))
+                .log(attempt, "auth.login_failed", "user", "-", None, serde_json::json!({"reason": "bad_credentials"}))
                 .await;
             return Err(locked.unwrap_or_else(bad_credentials));
         };
@@ -288,7 +315,7 @@ impl IdentityService {
             let _ = self.verify(password, &self.0.dummy_hash);
             self.0
                 .audit
-                .log(&attempt, "auth.login_failed", "user", &user.id, None, serde_json::json!({"reason": "locked"}))
+                .log(attempt, "auth.login_failed", "user", &user.id, None, serde_json::json!({"reason": "locked"}))
                 .await;
             return Err(Self::locked(until, now));
         }
@@ -305,7 +332,7 @@ impl IdentityService {
             self.0
                 .audit
                 .log(
-                    &attempt,
+                    attempt,
                     "auth.login_failed",
                     "user",
                     &user.id,
@@ -339,6 +366,26 @@ impl IdentityService {
         ServiceError::Throttled {
             message: format!("too many failed sign-ins; try again in {minutes} minute(s)"),
             retry_after: u64::try_from((until - now).num_seconds().max(1)).unwrap_or(60),
+        }
+    }
+
+    fn ip_locked(&self, ip: &str, now: DateTime<Utc>) -> Option<ServiceError> {
+        let map = self.0.ip_failures.lock().expect("failures lock");
+        map.get(ip).filter(|(n, until)| *n == 0 && *until > now).map(|(_, until)| Self::locked(*until, now))
+    }
+
+    fn ip_failed(&self, ip: &str, now: DateTime<Utc>) {
+        let mut map = self.0.ip_failures.lock().expect("failures lock");
+        if map.len() > 10_000 {
+            map.retain(|_, (_, until)| *until > now);
+        }
+        let entry = map.entry(ip.to_owned()).or_insert((0, now));
+        if entry.0 == 0 && entry.1 > now {
+            return;
+        }
+        entry.0 += 1;
+        if entry.0 >= self.0.settings.ip_lockout_after {
+            *entry = (0, now + since(self.0.settings.lockout_for));
         }
     }
 

@@ -154,3 +154,19 @@ async fn api_keys_rotate_expire_and_roles_change_on_the_next_request() {
         assert!(ids.delete_user(&admin(), &second.id).await.is_err(), "now two@ is the last admin");
     }
 }
+
+#[tokio::test]
+async fn one_address_guessing_across_accounts_is_locked_out() {
+    let t = breakwater_store::testing::sqlite().await;
+    let ids = service(&t.store, IdentitySettings { ip_lockout_after: 5, ..IdentitySettings::for_tests() });
+    ids.create_user(&admin(), "real@example.com", Role::Viewer, Some(&pw("the right passphrase"))).await.unwrap();
+    let ip = || Some("192.0.2.9".to_owned());
+    for i in 0..5 {
+        let e = ids.login(&format!("guess{i}@example.com"), &pw("wrong wrong wrong"), ip()).await.unwrap_err();
+        assert!(matches!(e, ServiceError::Unauthenticated { .. }), "{i}: {e:?}");
+    }
+    // Even the right password waits now, from that address only.
+    let e = ids.login("real@example.com", &pw("the right passphrase"), ip()).await.unwrap_err();
+    assert!(matches!(e, ServiceError::Throttled { .. }), "{e:?}");
+    ids.login("real@example.com", &pw("the right passphrase"), Some("192.0.2.10".into())).await.unwrap();
+}

@@ -47,6 +47,18 @@ pub async fn spawn_app_full(
     tools: LocalTools,
     auth: breakwater_server::AuthMode,
 ) -> TestApp {
+    spawn_app_limited(store, monitor_interval, tools, auth, 0, &[]).await
+}
+
+/// With a per-address rate limit and trusted proxies.
+pub async fn spawn_app_limited(
+    store: TestStore,
+    monitor_interval: Duration,
+    tools: LocalTools,
+    auth: breakwater_server::AuthMode,
+    rate_limit: u32,
+    trusted_proxies: &[&str],
+) -> TestApp {
     let audit = AuditService::new(store.store.clone());
     let gateways = GatewayService::new(store.store.clone(), audit.clone());
     let monitor =
@@ -92,6 +104,11 @@ pub async fn spawn_app_full(
         auth,
         routes: breakwater_server::RouteTable::default(),
         hsts: false,
+        trusted_proxies: breakwater_server::limits::TrustedProxies::parse(
+            &trusted_proxies.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>(),
+        )
+        .unwrap(),
+        rate_limiter: breakwater_server::limits::RateLimiter::new(rate_limit),
         host_guard: breakwater_server::HostGuard::loopback(&[]),
         list_cache: std::sync::Arc::default(),
         monitor,
