@@ -164,6 +164,17 @@ pub struct ServicePrincipal {
     pub created_at: DateTime<Utc>,
 }
 
+/// A named set of users sharing roles.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: String,
+    pub name: String,
+    /// `None`: the group grants nothing globally (only per gateway).
+    pub role: Option<Role>,
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
 /// Who a per-gateway role belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

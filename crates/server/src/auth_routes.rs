@@ -6,7 +6,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use breakwater_domain::Secret;
-use breakwater_domain::access::{PrincipalKind, Role, ServicePrincipal, User};
+use breakwater_domain::access::{Group, PrincipalKind, Role, ServicePrincipal, User};
+use breakwater_domain::registry::FieldPatch;
 use breakwater_services::Principal;
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,16 @@ pub(crate) fn routes() -> Routes {
         .post("/api/auth/service-principals", ADMIN, create_sp)
         .delete("/api/auth/service-principals/{id}", ADMIN, delete_sp)
         .post("/api/auth/service-principals/{id}/rotate", ADMIN, rotate_sp)
+        .get("/api/auth/groups", ADMIN, list_groups)
+        .post("/api/auth/groups", ADMIN, create_group)
+        .get("/api/auth/groups/{id}", ADMIN, get_group)
+        .put("/api/auth/groups/{id}", ADMIN, update_group)
+        .delete("/api/auth/groups/{id}", ADMIN, delete_group)
+        .post("/api/auth/groups/{id}/members", ADMIN, add_member)
+        .delete("/api/auth/groups/{id}/members/{user_id}", ADMIN, remove_member)
+        .get("/api/auth/groups/{id}/gateway-roles", ADMIN, group_gateway_roles)
+        .put("/api/auth/groups/{id}/gateway-roles/{gw}", ADMIN, set_group_gateway_role)
+        .delete("/api/auth/groups/{id}/gateway-roles/{gw}", ADMIN, delete_group_gateway_role)
         .get(sps, ADMIN, sp_gateway_roles)
         .put(format!("{sps}/{{gw}}"), ADMIN, set_sp_gateway_role)
         .delete(format!("{sps}/{{gw}}"), ADMIN, delete_sp_gateway_role)
@@ -365,5 +376,134 @@ async fn delete_sp(
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     state.identity.delete_service_principal(&actor, &id).await?;
+    Ok(Json(serde_json::json!({"ok": true})))
+}
+
+async fn list_groups(State(state): State<AppState>) -> ApiResult<Json<Vec<Group>>> {
+    Ok(Json(state.identity.groups().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupBody {
+    name: Option<String>,
+    #[serde(default)]
+    role: FieldPatch<String>,
+    #[serde(default)]
+    description: FieldPatch<String>,
+}
+
+fn group_role(p: &FieldPatch<String>) -> ApiResult<Option<Option<Role>>> {
+    Ok(match p {
+        FieldPatch::Keep => None,
+        FieldPatch::Clear => Some(None),
+        FieldPatch::Set(r) => Some(Some(role(Some(r), Role::Viewer)?)),
+    })
+}
+
+fn text_patch(p: FieldPatch<String>) -> Option<Option<String>> {
+    match p {
+        FieldPatch::Keep => None,
+        FieldPatch::Clear => Some(None),
+        FieldPatch::Set(t) => Some(Some(t)),
+    }
+}
+
+async fn create_group(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Json(body): Json<GroupBody>,
+) -> ApiResult<(StatusCode, Json<Group>)> {
+    let name = body.name.ok_or_else(|| ApiError::bad_request("name", "a group needs a name"))?;
+    let r = group_role(&body.role)?.flatten();
+    let description = text_patch(body.description).flatten();
+    Ok((StatusCode::CREATED, Json(state.identity.create_group(&actor, &name, r, description).await?)))
+}
+
+#[derive(Serialize)]
+struct GroupDetail {
+    #[serde(flatten)]
+    group: Group,
+    members: Vec<User>,
+    gateway_roles: Vec<GatewayRole>,
+}
+
+async fn get_group(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<GroupDetail>> {
+    let group = state.identity.group(&id).await?;
+    let member_ids = state.identity.group_members(&id).await?;
+    let members = state.identity.users().await?.into_iter().filter(|u| member_ids.contains(&u.id)).collect();
+    let roles = state.identity.gateway_roles(PrincipalKind::Group, &id).await?;
+    let gateway_roles = roles.into_iter().map(|(gateway, role)| GatewayRole { gateway, role }).collect();
+    Ok(Json(GroupDetail { group, members, gateway_roles }))
+}
+
+async fn update_group(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+    Json(body): Json<GroupBody>,
+) -> ApiResult<Json<Group>> {
+    let r = group_role(&body.role)?;
+    let group = state.identity.update_group(&actor, &id, body.name.as_deref(), r, text_patch(body.description)).await?;
+    Ok(Json(group))
+}
+
+async fn delete_group(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    state.identity.delete_group(&actor, &id).await?;
+    Ok(Json(serde_json::json!({"ok": true})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberBody {
+    user_id: String,
+}
+
+async fn add_member(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+    Json(body): Json<MemberBody>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let added = state.identity.set_member(&actor, &id, &body.user_id, true).await?;
+    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(serde_json::json!({"group_id": id, "user_id": body.user_id, "added": added}))))
+}
+
+async fn remove_member(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((id, user_id)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let removed = state.identity.set_member(&actor, &id, &user_id, false).await?;
+    Ok(Json(serde_json::json!({"ok": true, "removed": removed})))
+}
+
+async fn group_gateway_roles(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<GatewayRole>>> {
+    gateway_roles(&state, PrincipalKind::Group, &id).await
+}
+
+async fn set_group_gateway_role(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((id, gw)): Path<(String, String)>,
+    Json(body): Json<RoleBody>,
+) -> ApiResult<Json<GatewayRole>> {
+    set_gateway_role(&state, &actor, PrincipalKind::Group, &id, &gw, &body).await
+}
+
+async fn delete_group_gateway_role(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    Path((id, gw)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    state.identity.set_gateway_role(&actor, PrincipalKind::Group, &id, &gw, None).await?;
     Ok(Json(serde_json::json!({"ok": true})))
 }

@@ -468,3 +468,71 @@ async fn one_address_is_rate_limited_probes_are_not_and_forwarding_headers_need_
     let (_, audit) = proxied.get("/api/audit?action=audit.cleanup").await;
     assert_eq!(audit["entries"][0]["client_ip"], "198.51.100.4", "{audit}");
 }
+
+#[tokio::test]
+async fn groups_grant_roles_to_their_members_globally_and_per_gateway() {
+    let (app, _tools) = app().await;
+    let admin = admin_browser(&app).await;
+    let api = |p: &str| format!("{}{p}", app.base);
+    let (_, user) = send(
+        &admin,
+        Method::POST,
+        &api("/api/auth/users"),
+        None,
+        &json!({"email": "member@example.com", "role": "viewer", "password": PASSWORD}),
+    )
+    .await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    let member = browser(&app);
+    let creds = json!({"email": "member@example.com", "password": PASSWORD});
+    assert_eq!(send(&member, Method::POST, &api("/api/auth/login"), None, &creds).await.0, 200);
+    let global_write = api("/api/operations/nope/cancel");
+    let gateway_write = api("/api/gateways/gw/sandboxes/agent-1/stop");
+    let code = |r: (u16, Value)| r.1["code"].as_str().unwrap_or("").to_owned();
+    assert_eq!(code(send(&member, Method::POST, &global_write, None, &json!({})).await), "INSUFFICIENT_ROLE");
+
+    let (status, group) =
+        send(&admin, Method::POST, &api("/api/auth/groups"), None, &json!({"name": "sre", "role": "operator"})).await;
+    assert_eq!(status, 201, "{group}");
+    let gid = group["id"].as_str().unwrap().to_owned();
+    let (status, _) = send(
+        &admin,
+        Method::POST,
+        &api(&format!("/api/auth/groups/{gid}/members")),
+        None,
+        &json!({"user_id": user_id}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    // Now an operator everywhere, at the next request.
+    assert_ne!(code(send(&member, Method::POST, &global_write, None, &json!({})).await), "INSUFFICIENT_ROLE");
+    assert_ne!(code(send(&member, Method::POST, &gateway_write, None, &json!({})).await), "INSUFFICIENT_ROLE");
+    // The group's role on gateway gw beats its global role there.
+    let url = api(&format!("/api/auth/groups/{gid}/gateway-roles/gw"));
+    assert_eq!(send(&admin, Method::PUT, &url, None, &json!({"role": "viewer"})).await.0, 200);
+    assert_eq!(code(send(&member, Method::POST, &gateway_write, None, &json!({})).await), "INSUFFICIENT_ROLE");
+    assert_ne!(code(send(&member, Method::POST, &global_write, None, &json!({})).await), "INSUFFICIENT_ROLE");
+    // The member's own override beats the group's gateway role.
+    let own = api(&format!("/api/auth/users/{user_id}/gateway-roles/gw"));
+    assert_eq!(send(&admin, Method::PUT, &own, None, &json!({"role": "admin"})).await.0, 200);
+    assert_ne!(code(send(&member, Method::POST, &gateway_write, None, &json!({})).await), "INSUFFICIENT_ROLE");
+
+    let (_, detail) = send(&admin, Method::GET, &api(&format!("/api/auth/groups/{gid}")), None, &json!({})).await;
+    assert_eq!(detail["members"][0]["email"], "member@example.com", "{detail}");
+    assert_eq!(detail["gateway_roles"][0]["role"], "viewer");
+    let (status, _) =
+        send(&admin, Method::POST, &api("/api/auth/groups"), None, &json!({"name": "sre", "role": "viewer"})).await;
+    assert_eq!(status, 409, "group names are unique");
+    let (status, updated) =
+        send(&admin, Method::PUT, &api(&format!("/api/auth/groups/{gid}")), None, &json!({"role": null})).await;
+    assert_eq!((status, updated["role"].is_null()), (200, true), "{updated}");
+    assert_eq!(code(send(&member, Method::POST, &global_write, None, &json!({})).await), "INSUFFICIENT_ROLE");
+    assert_eq!(send(&admin, Method::DELETE, &api(&format!("/api/auth/groups/{gid}")), None, &json!({})).await.0, 200);
+    assert_eq!(send(&admin, Method::GET, &api(&format!("/api/auth/groups/{gid}")), None, &json!({})).await.0, 404);
+    let (_, audit) = send(&admin, Method::GET, &api("/api/audit?limit=200"), None, &json!({})).await;
+    let actions: Vec<&str> =
+        audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for a in ["group.create", "group.add_member", "group.update", "group.delete", "access.gateway_role"] {
+        assert!(actions.contains(&a), "{a}");
+    }
+}

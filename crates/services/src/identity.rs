@@ -15,7 +15,7 @@ use std::time::Duration;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine as _;
-use breakwater_domain::access::{Email, Grants, PrincipalKind, Role, ServicePrincipal, Session, User};
+use breakwater_domain::access::{Email, Grants, Group, PrincipalKind, Role, ServicePrincipal, Session, User};
 use breakwater_domain::{Secret, sanitize};
 use breakwater_store::Store;
 use chrono::{DateTime, Utc};
@@ -640,6 +640,116 @@ impl IdentityService {
         Ok(())
     }
 
+    fn check_group_name(name: &str) -> Result<()> {
+        let ok = !name.trim().is_empty() && name.chars().count() <= 100 && !name.chars().any(char::is_control);
+        if ok {
+            Ok(())
+        } else {
+            Err(ServiceError::Invalid { field: "name".into(), message: "1-100 printable characters".into() })
+        }
+    }
+
+    pub async fn create_group(
+        &self,
+        actor: &Actor,
+        name: &str,
+        role: Option<Role>,
+        description: Option<String>,
+    ) -> Result<Group> {
+        Self::check_group_name(name)?;
+        crate::gateways::check_description(description.as_deref())?;
+        let group = Group {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: name.trim().to_owned(),
+            role,
+            description,
+            created_at: Utc::now(),
+        };
+        self.0.store.insert_group(&group).await?;
+        self.0
+            .audit
+            .log(actor, "group.create", "group", &group.id, None, serde_json::json!({"name": group.name, "role": role}))
+            .await;
+        Ok(group)
+    }
+
+    pub async fn groups(&self) -> Result<Vec<Group>> {
+        Ok(self.0.store.list_groups().await?)
+    }
+
+    pub async fn group(&self, id: &str) -> Result<Group> {
+        self.0.store.get_group(id).await?.ok_or_else(|| ServiceError::NotFound { what: format!("group {id}") })
+    }
+
+    /// The group's members (user ids).
+    pub async fn group_members(&self, id: &str) -> Result<Vec<String>> {
+        self.group(id).await?;
+        Ok(self.0.store.group_members(id).await?)
+    }
+
+    /// Name, role and description; `None` keeps a field. The role change
+    /// counts for every member on their next request.
+    pub async fn update_group(
+        &self,
+        actor: &Actor,
+        id: &str,
+        name: Option<&str>,
+        role: Option<Option<Role>>,
+        description: Option<Option<String>>,
+    ) -> Result<Group> {
+        let mut group = self.group(id).await?;
+        if let Some(n) = name {
+            Self::check_group_name(n)?;
+            n.trim().clone_into(&mut group.name);
+        }
+        if let Some(r) = role {
+            group.role = r;
+        }
+        if let Some(d) = description {
+            crate::gateways::check_description(d.as_deref())?;
+            group.description = d;
+        }
+        self.0.store.update_group(&group).await?;
+        self.0
+            .audit
+            .log(actor, "group.update", "group", id, None, serde_json::json!({"name": group.name, "role": group.role}))
+            .await;
+        Ok(group)
+    }
+
+    pub async fn delete_group(&self, actor: &Actor, id: &str) -> Result<()> {
+        let group = self.group(id).await?;
+        self.0.store.delete_group(id).await?;
+        self.0.audit.log(actor, "group.delete", "group", id, None, serde_json::json!({"name": group.name})).await;
+        Ok(())
+    }
+
+    /// Adds (`true`) or removes a member; `false` when nothing changed.
+    pub async fn set_member(&self, actor: &Actor, group_id: &str, user_id: &str, member: bool) -> Result<bool> {
+        let group = self.group(group_id).await?;
+        let user = self.user(user_id).await?;
+        let changed = if member {
+            self.0.store.add_group_member(group_id, user_id).await?
+        } else {
+            self.0.store.remove_group_member(group_id, user_id).await?
+        };
+        if changed {
+            let action = if member { "group.add_member" } else { "group.remove_member" };
+            self.0
+                .audit
+                .log(
+                    actor,
+                    action,
+                    "group",
+                    group_id,
+                    None,
+                    serde_json::json!({"group": group.name, "user": user.email}),
+                )
+                .await;
+        }
+        Ok(changed)
+    }
+
     /// A principal's own per-gateway roles.
     pub async fn gateway_roles(&self, kind: PrincipalKind, id: &str) -> Result<BTreeMap<String, Role>> {
         self.exists(kind, id).await?;
@@ -650,7 +760,7 @@ impl IdentityService {
         match kind {
             PrincipalKind::User => self.user(id).await.map(drop),
             PrincipalKind::ServicePrincipal => self.service_principal(id).await.map(drop),
-            PrincipalKind::Group => Err(ServiceError::Unsupported { message: "groups arrive later".into() }),
+            PrincipalKind::Group => self.group(id).await.map(drop),
         }
     }
 

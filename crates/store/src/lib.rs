@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use breakwater_domain::access::{Grants, GroupGrant, PrincipalKind, Role, ServicePrincipal, Session, User};
+use breakwater_domain::access::{Grants, Group, GroupGrant, PrincipalKind, Role, ServicePrincipal, Session, User};
 use breakwater_domain::approval::{ApprovalWorkflow, ChunkAction, Decision, PolicyPin, Vote};
 use breakwater_domain::operation::{Operation, OperationError, OperationStatus};
 use breakwater_domain::registry::{
@@ -228,6 +228,17 @@ pub trait Store: Send + Sync {
     async fn rotate_service_principal_key(&self, id: &str, key_hash: &str, key_prefix: &str) -> Result<bool>;
     async fn touch_service_principal(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
     async fn delete_service_principal(&self, id: &str) -> Result<bool>;
+
+    /// A duplicate name is a conflict.
+    async fn insert_group(&self, group: &Group) -> Result<()>;
+    async fn list_groups(&self) -> Result<Vec<Group>>;
+    async fn get_group(&self, id: &str) -> Result<Option<Group>>;
+    async fn update_group(&self, group: &Group) -> Result<bool>;
+    async fn delete_group(&self, id: &str) -> Result<bool>;
+    /// `false` when already a member.
+    async fn add_group_member(&self, group_id: &str, user_id: &str) -> Result<bool>;
+    async fn remove_group_member(&self, group_id: &str, user_id: &str) -> Result<bool>;
+    async fn group_members(&self, group_id: &str) -> Result<Vec<String>>;
 
     async fn put_gateway_role(&self, kind: PrincipalKind, id: &str, gateway: &str, role: Role) -> Result<()>;
     async fn delete_gateway_role(&self, kind: PrincipalKind, id: &str, gateway: &str) -> Result<bool>;
@@ -1189,6 +1200,96 @@ macro_rules! impl_store {
                 Ok(done.rows_affected() > 0)
             }
 
+            async fn insert_group(&self, g: &Group) -> Result<()> {
+                let done = sqlx::query("INSERT INTO groups (id, name, role, description, created_at) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(&g.id)
+                    .bind(&g.name)
+                    .bind(g.role.map(Role::as_str))
+                    .bind(&g.description)
+                    .bind(g.created_at.trunc_subsecs(6))
+                    .execute(&self.pool)
+                    .await;
+                match done {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                        Err(StoreError::Conflict(format!("group {}", g.name)))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn list_groups(&self) -> Result<Vec<Group>> {
+                let rows = sqlx::query("SELECT id, name, role, description, created_at FROM groups ORDER BY name")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(|r| group_from_row(r)).collect()
+            }
+
+            async fn get_group(&self, id: &str) -> Result<Option<Group>> {
+                let row = sqlx::query("SELECT id, name, role, description, created_at FROM groups WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| group_from_row(&r)).transpose()
+            }
+
+            async fn update_group(&self, g: &Group) -> Result<bool> {
+                let done = sqlx::query("UPDATE groups SET name = $2, role = $3, description = $4 WHERE id = $1")
+                    .bind(&g.id)
+                    .bind(&g.name)
+                    .bind(g.role.map(Role::as_str))
+                    .bind(&g.description)
+                    .execute(&self.pool)
+                    .await;
+                match done {
+                    Ok(d) => Ok(d.rows_affected() > 0),
+                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                        Err(StoreError::Conflict(format!("group {}", g.name)))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn delete_group(&self, id: &str) -> Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("DELETE FROM gateway_roles WHERE principal_kind = 'group' AND principal_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM group_members WHERE group_id = $1").bind(id).execute(&mut *tx).await?;
+                let done = sqlx::query("DELETE FROM groups WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn add_group_member(&self, group_id: &str, user_id: &str) -> Result<bool> {
+                let done = sqlx::query(
+                    "INSERT INTO group_members (group_id, user_id) VALUES ($1, $2) ON CONFLICT (group_id, user_id) DO NOTHING",
+                )
+                .bind(group_id)
+                .bind(user_id)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn remove_group_member(&self, group_id: &str, user_id: &str) -> Result<bool> {
+                let done = sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND user_id = $2")
+                    .bind(group_id)
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn group_members(&self, group_id: &str) -> Result<Vec<String>> {
+                let rows = sqlx::query("SELECT user_id FROM group_members WHERE group_id = $1 ORDER BY user_id")
+                    .bind(group_id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(|r| Ok(r.try_get("user_id")?)).collect()
+            }
+
             async fn put_gateway_role(&self, kind: PrincipalKind, id: &str, gateway: &str, role: Role) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO gateway_roles (principal_kind, principal_id, gateway, role) VALUES ($1, $2, $3, $4) \
@@ -1513,6 +1614,23 @@ where
         oidc_provider: row.try_get("oidc_provider")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn group_from_row<R: Row>(row: &R) -> Result<Group>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    DateTime<Utc>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let role: Option<String> = row.try_get("role")?;
+    Ok(Group {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        role: role.as_deref().map(role_of).transpose()?,
+        description: row.try_get("description")?,
+        created_at: row.try_get("created_at")?,
     })
 }
 
