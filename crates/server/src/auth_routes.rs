@@ -393,19 +393,18 @@ struct GroupBody {
     description: FieldPatch<String>,
 }
 
-fn group_role(p: &FieldPatch<String>) -> ApiResult<Option<Option<Role>>> {
+fn group_role(p: &FieldPatch<String>) -> ApiResult<FieldPatch<Role>> {
     Ok(match p {
-        FieldPatch::Keep => None,
-        FieldPatch::Clear => Some(None),
-        FieldPatch::Set(r) => Some(Some(role(Some(r), Role::Viewer)?)),
+        FieldPatch::Keep => FieldPatch::Keep,
+        FieldPatch::Clear => FieldPatch::Clear,
+        FieldPatch::Set(r) => FieldPatch::Set(role(Some(r), Role::Viewer)?),
     })
 }
 
-fn text_patch(p: FieldPatch<String>) -> Option<Option<String>> {
+fn set_value<T>(p: FieldPatch<T>) -> Option<T> {
     match p {
-        FieldPatch::Keep => None,
-        FieldPatch::Clear => Some(None),
-        FieldPatch::Set(t) => Some(Some(t)),
+        FieldPatch::Set(v) => Some(v),
+        FieldPatch::Keep | FieldPatch::Clear => None,
     }
 }
 
@@ -415,8 +414,8 @@ async fn create_group(
     Json(body): Json<GroupBody>,
 ) -> ApiResult<(StatusCode, Json<Group>)> {
     let name = body.name.ok_or_else(|| ApiError::bad_request("name", "a group needs a name"))?;
-    let r = group_role(&body.role)?.flatten();
-    let description = text_patch(body.description).flatten();
+    let r = set_value(group_role(&body.role)?);
+    let description = set_value(body.description);
     Ok((StatusCode::CREATED, Json(state.identity.create_group(&actor, &name, r, description).await?)))
 }
 
@@ -444,7 +443,7 @@ async fn update_group(
     Json(body): Json<GroupBody>,
 ) -> ApiResult<Json<Group>> {
     let r = group_role(&body.role)?;
-    let group = state.identity.update_group(&actor, &id, body.name.as_deref(), r, text_patch(body.description)).await?;
+    let group = state.identity.update_group(&actor, &id, body.name.as_deref(), r, body.description).await?;
     Ok(Json(group))
 }
 

@@ -16,6 +16,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine as _;
 use breakwater_domain::access::{Email, Grants, Group, PrincipalKind, Role, ServicePrincipal, Session, User};
+use breakwater_domain::registry::FieldPatch;
 use breakwater_domain::{Secret, sanitize};
 use breakwater_store::Store;
 use chrono::{DateTime, Utc};
@@ -687,27 +688,33 @@ impl IdentityService {
         Ok(self.0.store.group_members(id).await?)
     }
 
-    /// Name, role and description; `None` keeps a field. The role change
+    /// Name (`None` keeps it), role and description (keep, clear or set). The role change
     /// counts for every member on their next request.
     pub async fn update_group(
         &self,
         actor: &Actor,
         id: &str,
         name: Option<&str>,
-        role: Option<Option<Role>>,
-        description: Option<Option<String>>,
+        role: FieldPatch<Role>,
+        description: FieldPatch<String>,
     ) -> Result<Group> {
         let mut group = self.group(id).await?;
         if let Some(n) = name {
             Self::check_group_name(n)?;
             n.trim().clone_into(&mut group.name);
         }
-        if let Some(r) = role {
-            group.role = r;
+        match role {
+            FieldPatch::Keep => {}
+            FieldPatch::Clear => group.role = None,
+            FieldPatch::Set(r) => group.role = Some(r),
         }
-        if let Some(d) = description {
-            crate::gateways::check_description(d.as_deref())?;
-            group.description = d;
+        match description {
+            FieldPatch::Keep => {}
+            FieldPatch::Clear => group.description = None,
+            FieldPatch::Set(d) => {
+                crate::gateways::check_description(Some(&d))?;
+                group.description = Some(d);
+            }
         }
         self.0.store.update_group(&group).await?;
         self.0
