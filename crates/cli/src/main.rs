@@ -195,6 +195,9 @@ struct ServerArgs {
     /// Send `Strict-Transport-Security` (only behind HTTPS).
     #[arg(long, env = "BREAKWATER_HSTS")]
     hsts: bool,
+    /// Let anyone create an account (a viewer) with POST /api/auth/register.
+    #[arg(long, env = "BREAKWATER_ALLOW_REGISTRATION")]
+    allow_registration: bool,
     /// With --admin-password: create this admin at start when no user exists.
     #[arg(long, env = "BREAKWATER_ADMIN_EMAIL")]
     admin_email: Option<String>,
@@ -414,6 +417,7 @@ fn config_show(args: &ServerArgs) -> anyhow::Result<()> {
         "auth": if args.no_auth { "local mode (--no-auth): every request acts as local-admin" } else { "sign-in required (users, sessions, API keys)" },
         "secure_cookies": args.secure_cookies,
         "hsts": args.hsts,
+        "registration": args.allow_registration,
         "trusted_proxies": args.trusted_proxies,
         "rate_limit_per_minute": args.rate_limit,
         "admin_bootstrap": args.admin_email.as_ref().map(|e| format!("{e} (password REDACTED)")),
@@ -604,6 +608,7 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
         auth,
         routes: breakwater_server::RouteTable::default(),
         hsts: args.hsts,
+        registration: args.allow_registration,
         trusted_proxies: breakwater_server::limits::TrustedProxies::parse(&args.trusted_proxies)
             .map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?,
         rate_limiter: breakwater_server::limits::RateLimiter::new(args.rate_limit),

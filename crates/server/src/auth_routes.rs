@@ -9,6 +9,7 @@ use breakwater_domain::Secret;
 use breakwater_domain::access::{Group, PrincipalKind, Role, ServicePrincipal, User};
 use breakwater_domain::registry::FieldPatch;
 use breakwater_services::Principal;
+use breakwater_services::identity::Issued;
 use serde::{Deserialize, Serialize};
 
 use crate::access::{ADMIN, PUBLIC, Routes};
@@ -23,6 +24,8 @@ pub(crate) fn routes() -> Routes {
         .post("/api/auth/setup", PUBLIC, setup)
         .post("/api/auth/login", PUBLIC, login)
         .post("/api/auth/logout", PUBLIC, logout)
+        .post("/api/auth/accept-invite", PUBLIC, accept_invite)
+        .post("/api/auth/register", PUBLIC, register)
         .get("/api/auth/check", PUBLIC, check)
         .get("/api/auth/oidc/providers", PUBLIC, oidc_providers)
         .get("/api/auth/users", ADMIN, list_users)
@@ -109,9 +112,52 @@ async fn signed_in(
     next: Option<&str>,
 ) -> ApiResult<Response> {
     let issued = state.identity.login(email, password, ip).await?;
+    Ok(with_session(state, issued, next))
+}
+
+fn with_session(state: &AppState, issued: Issued<User>, next: Option<&str>) -> Response {
     let max_age = state.identity.session_max_age().as_secs();
-    let body = SignedIn { email: issued.item.email.clone(), role: issued.item.role, redirect: safe_next(next) };
-    Ok(([(header::SET_COOKIE, session_cookie(state, issued.secret.expose(), max_age))], Json(body)).into_response())
+    let body = SignedIn { email: issued.item.email, role: issued.item.role, redirect: safe_next(next) };
+    ([(header::SET_COOKIE, session_cookie(state, issued.secret.expose(), max_age))], Json(body)).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteBody {
+    token: String,
+    password: String,
+}
+
+/// Chooses a password with a one-time invite and signs in.
+async fn accept_invite(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Json(body): Json<InviteBody>,
+) -> ApiResult<Response> {
+    local_mode(&state)?;
+    let issued =
+        state.identity.accept_invite(&Secret::new(body.token), &Secret::new(body.password), caller.client_ip).await?;
+    Ok(with_session(&state, issued, None))
+}
+
+/// Self-registration as a viewer, when the server allows it.
+async fn register(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Json(body): Json<Credentials>,
+) -> ApiResult<Response> {
+    local_mode(&state)?;
+    if !state.registration {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "REGISTRATION_DISABLED",
+            "this server does not take sign-ups; ask an admin for an invite",
+        ));
+    }
+    let issued = state.identity.register(&body.email, &Secret::new(body.password), caller.client_ip).await?;
+    let mut resp = with_session(&state, issued, None);
+    *resp.status_mut() = StatusCode::CREATED;
+    Ok(resp)
 }
 
 /// The first admin, while no user exists; signed in at once.
@@ -176,7 +222,7 @@ async fn check(
         "email": email,
         "name": who.as_ref().map(|w| w.0.who.name()),
         "needs_setup": needs_setup,
-        "registration_enabled": false,
+        "registration_enabled": state.registration && !local,
         "local_mode": local,
         "oidc_providers": [],
     })))
@@ -202,15 +248,32 @@ fn role(raw: Option<&str>, default: Role) -> ApiResult<Role> {
     raw.map_or(Ok(default), |r| Role::parse(r).map_err(|e| ApiError::bad_request("role", e.to_string())))
 }
 
+/// With a password: an account ready to sign in. Without: an account and a
+/// one-time `invite_token` (shown once) for `POST /api/auth/accept-invite`.
+#[derive(Serialize)]
+struct UserCreated {
+    #[serde(flatten)]
+    user: User,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invite_token: Option<String>,
+}
+
 async fn create_user(
     State(state): State<AppState>,
     Caller(actor): Caller,
     Json(body): Json<NewUserBody>,
-) -> ApiResult<(StatusCode, Json<User>)> {
+) -> ApiResult<(StatusCode, Json<UserCreated>)> {
     let role = role(body.role.as_deref(), Role::Viewer)?;
-    let password = body.password.map(Secret::new);
-    let user = state.identity.create_user(&actor, &body.email, role, password.as_ref()).await?;
-    Ok((StatusCode::CREATED, Json(user)))
+    let created = if let Some(p) = body.password {
+        UserCreated {
+            user: state.identity.create_user(&actor, &body.email, role, Some(&Secret::new(p))).await?,
+            invite_token: None,
+        }
+    } else {
+        let issued = state.identity.invite_user(&actor, &body.email, role).await?;
+        UserCreated { user: issued.item, invite_token: Some(issued.secret.expose().to_owned()) }
+    };
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 #[derive(Deserialize)]

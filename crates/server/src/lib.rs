@@ -66,6 +66,8 @@ pub struct AppState {
     pub routes: RouteTable,
     /// Send `Strict-Transport-Security` (behind TLS only).
     pub hsts: bool,
+    /// `POST /api/auth/register` creates viewers (off unless asked for).
+    pub registration: bool,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: limits::TrustedProxies,
     pub rate_limiter: Arc<limits::RateLimiter>,

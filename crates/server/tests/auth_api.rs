@@ -536,3 +536,51 @@ async fn groups_grant_roles_to_their_members_globally_and_per_gateway() {
         assert!(actions.contains(&a), "{a}");
     }
 }
+
+#[tokio::test]
+async fn an_invite_is_used_once_and_registration_is_off_by_default() {
+    let (app, _tools) = app().await;
+    let admin = admin_browser(&app).await;
+    let api = |p: &str| format!("{}{p}", app.base);
+    let (status, created) = send(
+        &admin,
+        Method::POST,
+        &api("/api/auth/users"),
+        None,
+        &json!({"email": "new@example.com", "role": "operator"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let token = created["invite_token"].as_str().unwrap().to_owned();
+    // Until the invite is used, the account has no password to guess.
+    let creds = json!({"email": "new@example.com", "password": PASSWORD});
+    assert_eq!(send(&app.http, Method::POST, &api("/api/auth/login"), None, &creds).await.0, 401);
+    let b = browser(&app);
+    let (status, body) =
+        send(&b, Method::POST, &api("/api/auth/accept-invite"), None, &json!({"token": token, "password": PASSWORD}))
+            .await;
+    assert_eq!((status, body["role"].as_str()), (200, Some("operator")), "{body}");
+    let (_, me) = send(&b, Method::GET, &api("/api/auth/check"), None, &json!({})).await;
+    assert_eq!(me["email"], "new@example.com", "signed in by the invite: {me}");
+    let (status, again) = send(
+        &app.http,
+        Method::POST,
+        &api("/api/auth/accept-invite"),
+        None,
+        &json!({"token": token, "password": "another long passphrase"}),
+    )
+    .await;
+    assert_eq!(status, 401, "one use only: {again}");
+    assert_eq!(send(&app.http, Method::POST, &api("/api/auth/login"), None, &creds).await.0, 200);
+    let (status, body) = send(
+        &app.http,
+        Method::POST,
+        &api("/api/auth/register"),
+        None,
+        &json!({"email": "walkin@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("REGISTRATION_DISABLED")), "{body}");
+    let (_, check) = send(&app.http, Method::GET, &api("/api/auth/check"), None, &json!({})).await;
+    assert_eq!(check["registration_enabled"], false);
+}

@@ -270,6 +270,66 @@ impl IdentityService {
         Ok(user)
     }
 
+    /// How long an invite stays usable.
+    pub const INVITE_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// A user without a password yet, and a one-time invite token (shown
+    /// once) with which they choose one.
+    pub async fn invite_user(&self, actor: &Actor, email: &str, role: Role) -> Result<Issued<User>> {
+        let email = Email::parse(email)?;
+        let user = Self::new_user(&email, role);
+        self.0.store.insert_user(&user, None).await?;
+        let token = random_token("bwi_");
+        let expires = Utc::now() + since(Self::INVITE_FOR);
+        self.0.store.insert_invite(&digest(&token), email.as_str(), role, &actor.name, expires).await?;
+        self.0
+            .audit
+            .log(
+                actor,
+                "user.invite",
+                "user",
+                &user.id,
+                None,
+                serde_json::json!({"email": user.email, "role": role, "expires_at": expires}),
+            )
+            .await;
+        Ok(Issued { item: user, secret: Secret::new(token) })
+    }
+
+    /// Uses an invite: sets the password and signs in. A used, expired or
+    /// unknown token is refused alike.
+    pub async fn accept_invite(
+        &self,
+        token: &Secret,
+        password: &Secret,
+        client_ip: Option<String>,
+    ) -> Result<Issued<User>> {
+        Self::check_password(password)?;
+        let refused = || ServiceError::Unauthenticated {
+            message: "this invite is unknown, used or expired; ask an admin for a new one".into(),
+        };
+        let email = self.0.store.take_invite(&digest(token.expose()), Utc::now()).await?.ok_or_else(refused)?;
+        let (user, _) = self.0.store.user_by_email(&email).await?.ok_or_else(refused)?;
+        self.0.store.set_password_hash(&user.id, &self.hash(password)?).await?;
+        let actor = Actor { name: user.email.clone(), role: user.role.as_str().into(), client_ip: client_ip.clone() };
+        self.0.audit.log(&actor, "user.accept_invite", "user", &user.id, None, serde_json::json!({})).await;
+        self.login(&email, password, client_ip).await
+    }
+
+    /// Self-registration (when the server allows it): a viewer, signed in.
+    pub async fn register(&self, email: &str, password: &Secret, client_ip: Option<String>) -> Result<Issued<User>> {
+        Self::check_password(password)?;
+        let parsed = Email::parse(email)?;
+        let user = Self::new_user(&parsed, Role::Viewer);
+        self.0.store.insert_user(&user, Some(&self.hash(password)?)).await?;
+        let actor = Actor { name: user.email.clone(), role: "viewer".into(), client_ip: client_ip.clone() };
+        self.0
+            .audit
+            .log(&actor, "user.register", "user", &user.id, None, serde_json::json!({"email": user.email}))
+            .await;
+        self.login(parsed.as_str(), password, client_ip).await
+    }
+
     /// Signs in: a new session whose token is returned once. Unknown
     /// emails and wrong passwords answer alike and cost alike; repeated
     /// failures lock the account (or the unknown email) for a while.

@@ -170,3 +170,15 @@ async fn one_address_guessing_across_accounts_is_locked_out() {
     assert!(matches!(e, ServiceError::Throttled { .. }), "{e:?}");
     ids.login("real@example.com", &pw("the right passphrase"), Some("192.0.2.10".into())).await.unwrap();
 }
+
+#[tokio::test]
+async fn registration_makes_viewers_and_duplicates_conflict() {
+    let t = breakwater_store::testing::sqlite().await;
+    let ids = service(&t.store, IdentitySettings::for_tests());
+    let me = ids.register("Walk.In@example.com", &pw("a long enough passphrase"), None).await.unwrap();
+    assert_eq!((me.item.email.as_str(), me.item.role), ("walk.in@example.com", Role::Viewer));
+    assert!(ids.authenticate_session(&me.secret).await.unwrap().is_some(), "signed in");
+    let dup = ids.register("walk.in@example.com", &pw("a long enough passphrase"), None).await.unwrap_err();
+    assert!(matches!(dup, ServiceError::Conflict { .. }), "{dup:?}");
+    assert!(ids.register("x@example.com", &pw("short"), None).await.is_err());
+}

@@ -229,6 +229,17 @@ pub trait Store: Send + Sync {
     async fn touch_service_principal(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
     async fn delete_service_principal(&self, id: &str) -> Result<bool>;
 
+    async fn insert_invite(
+        &self,
+        token_hash: &str,
+        email: &str,
+        role: Role,
+        created_by: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Uses an invite once: its email, if it is unused and unexpired.
+    async fn take_invite(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<String>>;
+
     /// A duplicate name is a conflict.
     async fn insert_group(&self, group: &Group) -> Result<()>;
     async fn list_groups(&self) -> Result<Vec<Group>>;
@@ -1198,6 +1209,42 @@ macro_rules! impl_store {
                 let done = sqlx::query("DELETE FROM service_principals WHERE id = $1").bind(id).execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(done.rows_affected() > 0)
+            }
+
+            async fn insert_invite(
+                &self,
+                token_hash: &str,
+                email: &str,
+                role: Role,
+                created_by: &str,
+                expires_at: DateTime<Utc>,
+            ) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO invites (token_hash, email, role, created_by, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(token_hash)
+                .bind(email)
+                .bind(role.as_str())
+                .bind(created_by)
+                .bind(now())
+                .bind(expires_at.trunc_subsecs(6))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn take_invite(&self, token_hash: &str, at: DateTime<Utc>) -> Result<Option<String>> {
+                let at = at.trunc_subsecs(6);
+                let email: Option<String> = sqlx::query_scalar(
+                    "UPDATE invites SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 \
+                     RETURNING email",
+                )
+                .bind(token_hash)
+                .bind(at)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(email)
             }
 
             async fn insert_group(&self, g: &Group) -> Result<()> {

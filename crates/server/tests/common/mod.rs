@@ -104,6 +104,7 @@ pub async fn spawn_app_limited(
         auth,
         routes: breakwater_server::RouteTable::default(),
         hsts: false,
+        registration: false,
         trusted_proxies: breakwater_server::limits::TrustedProxies::parse(
             &trusted_proxies.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>(),
         )
