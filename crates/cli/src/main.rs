@@ -105,6 +105,15 @@ enum TokenCommand {
 enum ConfigCommand {
     /// Print the effective configuration (flags, environment, defaults), secrets redacted.
     Show(ServerArgs),
+    /// Re-encrypt every stored secret with a new server key. Stop the
+    /// server(s) first; afterwards only the new key opens the database.
+    RotateKey {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The new key (base64 of 32 bytes); a fresh one is generated if absent.
+        #[arg(long, env = "BREAKWATER_NEW_SECRET_KEY", hide_env_values = true)]
+        new_key: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -329,6 +338,7 @@ async fn main() {
             demo(args).await
         }
         Command::Config { command: ConfigCommand::Show(args) } => config_show(&args),
+        Command::Config { command: ConfigCommand::RotateKey { store, new_key } } => rotate_key(&store, new_key).await,
         Command::User { store, command } => user_command(&store, command).await,
         Command::Token { store, command } => token_command(&store, command).await,
     };
@@ -423,6 +433,45 @@ fn config_show(args: &ServerArgs) -> anyhow::Result<()> {
         "admin_bootstrap": args.admin_email.as_ref().map(|e| format!("{e} (password REDACTED)")),
     });
     println!("{}", serde_json::to_string_pretty(&shown)?);
+    Ok(())
+}
+
+async fn rotate_key(store: &StoreArgs, new_key: Option<String>) -> anyhow::Result<()> {
+    let data_dir = store.data_dir(None)?;
+    let key_file = data_dir.join("secret.key");
+    if store.secret_key.is_none() && !key_file.exists() {
+        bail!("no key file at {} and no --secret-key: nothing to rotate", key_file.display());
+    }
+    let new_key = new_key.unwrap_or_else(SecretCipher::generate_key);
+    let new = SecretCipher::from_base64(&new_key).context("--new-key")?;
+    let db = open_store(store, &data_dir).await?;
+    let n = db.rotate_key(&new).await.map_err(|e| anyhow::anyhow!("re-encrypting: {e}"))?;
+    if store.secret_key.is_some() {
+        eprintln!("re-encrypted {n} secrets. Start every replica with this BREAKWATER_SECRET_KEY (shown once):");
+        println!("{new_key}");
+        return Ok(());
+    }
+    // The database already needs the new key: replace the file atomically,
+    // and if that fails, still hand the key to the operator.
+    let tmp = data_dir.join("secret.key.new");
+    let written = (|| -> std::io::Result<()> {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        std::io::Write::write_all(&mut opts.open(&tmp)?, new_key.as_bytes())?;
+        std::fs::rename(&tmp, &key_file)
+    })();
+    if let Err(e) = written {
+        eprintln!("re-encrypted {n} secrets, but writing {} failed: {e}", key_file.display());
+        eprintln!("the database now needs this key; save it as BREAKWATER_SECRET_KEY:");
+        println!("{new_key}");
+        bail!("the key file was not replaced");
+    }
+    println!("re-encrypted {n} secrets; the new key is in {}", key_file.display());
     Ok(())
 }
 

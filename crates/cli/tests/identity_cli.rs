@@ -72,3 +72,25 @@ async fn users_and_tokens_made_at_the_console_work_against_the_server() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn rotate_key_replaces_the_key_file_and_the_data_stays_readable() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    ok(&bw(
+        d,
+        &["user", "create", "root@example.com", "--role", "admin"],
+        &[("BREAKWATER_USER_PASSWORD", "a long enough passphrase")],
+    ));
+    let before = std::fs::read_to_string(d.join("secret.key")).unwrap();
+    let out = ok(&bw(d, &["config", "rotate-key"], &[]));
+    assert!(out.contains("re-encrypted"), "{out}");
+    let after = std::fs::read_to_string(d.join("secret.key")).unwrap();
+    assert_ne!(before, after);
+    assert!(!out.contains(after.trim()), "the new key is not printed when it went to the key file");
+    assert!(ok(&bw(d, &["user", "list"], &[])).contains("root@example.com"), "opens with the new key");
+    // The old key is refused with a clear error.
+    let old = bw(d, &["user", "list"], &[("BREAKWATER_SECRET_KEY", before.trim())]);
+    assert!(!old.status.success());
+    assert!(String::from_utf8_lossy(&old.stderr).contains("BREAKWATER_SECRET_KEY"), "{old:?}");
+}

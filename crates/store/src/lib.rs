@@ -257,6 +257,12 @@ pub trait Store: Send + Sync {
     /// Everything that decides a principal's roles, in one read.
     async fn grants(&self, kind: PrincipalKind, id: &str) -> Result<Grants>;
 
+    /// Re-seals every stored secret (gateway client keys and bearer tokens,
+    /// the audit chain's key) with `new` and makes it the server key, in one
+    /// transaction; returns how many secrets were re-sealed. Afterwards only
+    /// `new` opens the database.
+    async fn rotate_key(&self, new: &SecretCipher) -> Result<u64>;
+
     // --- sandbox metadata ---
     async fn get_sandbox_metadata(&self, gateway: &str, sandbox: &str) -> Result<Option<SandboxMetadata>>;
     /// Every row of one gateway, by sandbox name.
@@ -548,7 +554,7 @@ macro_rules! impl_store {
             }
 
             fn audit_key(&self) -> [u8; 32] {
-                self.cipher.derive("breakwater audit chain v1")
+                self.audit_key
             }
 
             async fn delete_audit_before(&self, cutoff: DateTime<Utc>) -> Result<u64> {
@@ -1428,6 +1434,10 @@ macro_rules! impl_store {
                 Ok(grants)
             }
 
+            async fn rotate_key(&self, new: &SecretCipher) -> Result<u64> {
+                self.reseal_all(new).await
+            }
+
             async fn get_sandbox_metadata(&self, gateway: &str, sandbox: &str) -> Result<Option<SandboxMetadata>> {
                 let row = sqlx::query(
                     "SELECT gateway, sandbox, description, labels, updated_by, updated_at FROM sandbox_metadata \
@@ -1521,6 +1531,66 @@ macro_rules! impl_store {
                         Ok(())
                     }
                 }
+            }
+
+            /// The audit chain's HMAC key: the one derived from the first
+            /// server key, carried (sealed with the current key) across
+            /// rotations so the chain stays verifiable.
+            async fn load_audit_key(&self) -> Result<[u8; 32]> {
+                let stored: Option<String> =
+                    sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'audit_key'")
+                        .fetch_optional(&self.pool)
+                        .await?;
+                match stored {
+                    None => Ok(self.cipher.derive("breakwater audit chain v1")),
+                    Some(hex_sealed) => {
+                        let sealed = hex::decode(hex_sealed).map_err(|_| StoreError::Corrupt("audit key".into()))?;
+                        let plain = self.cipher.decrypt(&sealed)?;
+                        plain.try_into().map_err(|_| StoreError::Corrupt("audit key length".into()))
+                    }
+                }
+            }
+
+            /// (See [`Store::rotate_key`].) Re-seals every stored secret with `new` (gateway client keys
+            /// and bearer tokens, the audit chain key) and records `new` as
+            /// the server key, in one transaction. Returns how many secrets
+            /// were re-sealed. Run it with the server stopped, then start the
+            /// server with the new key.
+            async fn reseal_all(&self, new: &SecretCipher) -> Result<u64> {
+                let mut tx = self.pool.begin().await?;
+                let rows = sqlx::query("SELECT name, client_key_enc, bearer_token_enc FROM gateways")
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut n = 0u64;
+                let reseal = |sealed: Option<Vec<u8>>| -> Result<Option<Vec<u8>>> {
+                    sealed.map(|s| Ok(new.encrypt(&self.cipher.decrypt(&s)?)?)).transpose()
+                };
+                for row in &rows {
+                    let name: String = row.try_get("name")?;
+                    let key: Option<Vec<u8>> = row.try_get("client_key_enc")?;
+                    let token: Option<Vec<u8>> = row.try_get("bearer_token_enc")?;
+                    n += u64::from(key.is_some()) + u64::from(token.is_some());
+                    sqlx::query("UPDATE gateways SET client_key_enc = $2, bearer_token_enc = $3 WHERE name = $1")
+                        .bind(&name)
+                        .bind(reseal(key)?)
+                        .bind(reseal(token)?)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let audit = hex::encode(new.encrypt(&self.audit_key)?);
+                sqlx::query(
+                    "INSERT INTO store_meta (key, value) VALUES ('audit_key', $1) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(&audit)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE store_meta SET value = $1 WHERE key = 'key_check'")
+                    .bind(hex::encode(new.derive("breakwater key check v1")))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(n + 1)
             }
 
             async fn labels_of(&self, names: &[String]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
@@ -1758,6 +1828,7 @@ where
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
     cipher: SecretCipher,
+    audit_key: [u8; 32],
 }
 
 impl SqliteStore {
@@ -1778,8 +1849,9 @@ impl SqliteStore {
         })
         .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await.map_err(|e| StoreError::Database(e.to_string()))?;
-        let store = Self { pool, cipher };
+        let mut store = Self { pool, cipher, audit_key: [0; 32] };
         store.check_key().await?;
+        store.audit_key = store.load_audit_key().await?;
         Ok(store)
     }
 }
@@ -1790,6 +1862,7 @@ impl_store!(SqliteStore, sqlx::Sqlite, sqlx::SqlitePool);
 pub struct PgStore {
     pool: sqlx::PgPool,
     cipher: SecretCipher,
+    audit_key: [u8; 32],
 }
 
 impl PgStore {
@@ -1814,8 +1887,9 @@ impl PgStore {
         })
         .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(|e| StoreError::Database(e.to_string()))?;
-        let store = Self { pool, cipher };
+        let mut store = Self { pool, cipher, audit_key: [0; 32] };
         store.check_key().await?;
+        store.audit_key = store.load_audit_key().await?;
         Ok(store)
     }
 }

@@ -409,3 +409,48 @@ async fn sqlx_group(t: &breakwater_store::testing::TestStore, id: &str, name: &s
     .await;
     t.raw_execute(&format!("INSERT INTO group_members (group_id, user_id) VALUES ('{id}', '{member}')")).await;
 }
+
+#[tokio::test]
+async fn rotating_the_server_key_reseals_secrets_and_keeps_the_audit_chain_key() {
+    // SQLite, reopened from its file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    let old = SecretCipher::from_base64(&SecretCipher::generate_key()).unwrap();
+    let new_key = SecretCipher::generate_key();
+    let store = SqliteStore::open(&path, old.clone()).await.unwrap();
+    store.insert_gateway(&gw("alpha", &[])).await.unwrap();
+    store.append_audit(&entry("gateway.register", "alice")).await.unwrap();
+    let chain_key = store.audit_key();
+    assert_eq!(store.rotate_key(&SecretCipher::from_base64(&new_key).unwrap()).await.unwrap(), 3);
+    drop(store);
+    let err = SqliteStore::open(&path, old).await.err().expect("the old key no longer opens it");
+    assert!(matches!(err, StoreError::WrongKey), "{err:?}");
+    let store = SqliteStore::open(&path, SecretCipher::from_base64(&new_key).unwrap()).await.unwrap();
+    let g = store.get_gateway(&GatewayName::parse("alpha").unwrap()).await.unwrap().unwrap();
+    assert_eq!(g.bearer_token.unwrap().expose(), "token-sekrit");
+    assert!(g.client_key.unwrap().expose().contains("secret"));
+    assert_eq!(store.audit_key(), chain_key, "entries written before the rotation still verify");
+    // A second rotation carries the same chain key on.
+    let third = SecretCipher::generate_key();
+    store.rotate_key(&SecretCipher::from_base64(&third).unwrap()).await.unwrap();
+    drop(store);
+    let store = SqliteStore::open(&path, SecretCipher::from_base64(&third).unwrap()).await.unwrap();
+    assert_eq!(store.audit_key(), chain_key);
+
+    // PostgreSQL, in a schema of its own.
+    let (pg, schema) = breakwater_store::testing::postgres_with_schema().await;
+    pg.insert_gateway(&gw("beta", &[])).await.unwrap();
+    let pg_chain = pg.audit_key();
+    let pg_new = SecretCipher::generate_key();
+    pg.rotate_key(&SecretCipher::from_base64(&pg_new).unwrap()).await.unwrap();
+    drop(pg);
+    let options: sqlx::postgres::PgConnectOptions = breakwater_store::testing::postgres_url().parse().unwrap();
+    let options = options.options([("search_path", schema.as_str())]);
+    let pg =
+        PgStore::connect_with(options, SecretCipher::from_base64(&pg_new).unwrap(), std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+    let g = pg.get_gateway(&GatewayName::parse("beta").unwrap()).await.unwrap().unwrap();
+    assert_eq!(g.bearer_token.unwrap().expose(), "token-sekrit");
+    assert_eq!(pg.audit_key(), pg_chain);
+}
