@@ -102,6 +102,8 @@ enum TokenCommand {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per run: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum ConfigCommand {
     /// Print the effective configuration (flags, environment, defaults), secrets redacted.
     Show(ServerArgs),
