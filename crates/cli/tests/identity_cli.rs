@@ -94,3 +94,23 @@ fn rotate_key_replaces_the_key_file_and_the_data_stays_readable() {
     assert!(!old.status.success());
     assert!(String::from_utf8_lossy(&old.stderr).contains("BREAKWATER_SECRET_KEY"), "{old:?}");
 }
+
+#[test]
+fn config_show_prints_no_secret() {
+    let data = tempfile::tempdir().unwrap();
+    let key = "q8Jb5mYk3o4xgqkQ5oN2Yv3n3x2p7z0cZsQ2YpJ8uWk=";
+    let out = bw(
+        data.path(),
+        &["config", "show", "--database-url", "postgres://bw:hunter2-canary@db.example/bw"],
+        &[
+            ("BREAKWATER_SECRET_KEY", key),
+            ("BREAKWATER_ADMIN_EMAIL", "root@example.com"),
+            ("BREAKWATER_ADMIN_PASSWORD", "admin-canary-passphrase"),
+        ],
+    );
+    let text = ok(&out);
+    for secret in ["hunter2-canary", key, "admin-canary-passphrase"] {
+        assert!(!text.contains(secret), "{secret} shown: {text}");
+    }
+    assert!(text.contains("REDACTED"), "{text}");
+}

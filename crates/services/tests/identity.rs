@@ -182,3 +182,52 @@ async fn registration_makes_viewers_and_duplicates_conflict() {
     assert!(matches!(dup, ServiceError::Conflict { .. }), "{dup:?}");
     assert!(ids.register("x@example.com", &pw("short"), None).await.is_err());
 }
+
+/// U04 timing: an unknown email costs what a wrong password costs (a
+/// password check against a stand-in hash), so response times do not tell
+/// which accounts exist. Medians of several tries, with real hashing work.
+#[tokio::test]
+async fn u04_an_unknown_email_takes_as_long_as_a_wrong_password() {
+    let t = breakwater_store::testing::sqlite().await;
+    let settings = IdentitySettings {
+        hash_memory_kib: 8 * 1024,
+        hash_passes: 1,
+        lockout_after: 1000,
+        ..IdentitySettings::default()
+    };
+    let ids = service(&t.store, settings);
+    ids.create_user(&admin(), "known@example.com", Role::Viewer, Some(&pw("the right passphrase"))).await.unwrap();
+    let time = |email: &'static str| {
+        let ids = ids.clone();
+        async move {
+            let mut samples = Vec::new();
+            for _ in 0..9 {
+                let started = std::time::Instant::now();
+                let _ = ids.login(email, &pw("a wrong passphrase"), None).await;
+                samples.push(started.elapsed());
+            }
+            samples.sort();
+            samples[samples.len() / 2]
+        }
+    };
+    let known = time("known@example.com").await;
+    let unknown = time("nobody@example.com").await;
+    let ratio = unknown.as_secs_f64() / known.as_secs_f64();
+    assert!((0.5..2.0).contains(&ratio), "unknown {unknown:?} vs known {known:?}");
+}
+
+#[tokio::test]
+async fn a_database_dump_holds_no_password_token_key_or_invite() {
+    for t in both().await {
+        let ids = service(&t.store, IdentitySettings::for_tests());
+        let password = "canary-passphrase-4f1e";
+        ids.create_user(&admin(), "a@example.com", Role::Admin, Some(&pw(password))).await.unwrap();
+        let session = ids.login("a@example.com", &pw(password), None).await.unwrap().secret;
+        let key = ids.create_service_principal(&admin(), "ci", Role::Viewer, None).await.unwrap().secret;
+        let invite = ids.invite_user(&admin(), "b@example.com", Role::Viewer).await.unwrap().secret;
+        let dump = t.dump_text().await;
+        for secret in [password, session.expose(), key.expose(), invite.expose()] {
+            assert!(!dump.contains(secret), "{}: {secret} is in the database", t.backend);
+        }
+    }
+}
