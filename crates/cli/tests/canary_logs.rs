@@ -58,6 +58,11 @@ async fn a_provider_credential_never_appears_in_a_log_line() {
         http.post(&providers).json(&json!({"name": "Bad Name", "type": "x", "api_key": CANARY})).send().await.unwrap();
     assert_eq!(refused.status(), 400);
     assert!(!refused.text().await.unwrap().contains(CANARY));
+    // A credential in the wrong shape: the schema error names the type only.
+    let misplaced = http.put(format!("{providers}/claude")).json(&json!({"credentials": CANARY})).send().await.unwrap();
+    assert_eq!(misplaced.status(), 422);
+    let text = misplaced.text().await.unwrap();
+    assert!(text.contains("credentials") && !text.contains(CANARY), "{text}");
     http.delete(format!("{providers}/claude")).send().await.unwrap();
 
     server.kill().unwrap();
@@ -65,6 +70,7 @@ async fn a_provider_credential_never_appears_in_a_log_line() {
     let mut logs = String::new();
     std::fs::File::open(&log_path).unwrap().read_to_string(&mut logs).unwrap();
     assert!(logs.contains("request"), "the log was captured: {} bytes", logs.len());
-    assert!(!logs.contains(CANARY), "the credential is in the log");
+    let leaks: Vec<&str> = logs.lines().filter(|l| l.contains(CANARY)).collect();
+    assert!(leaks.is_empty(), "the credential is in the log: {leaks:#?}");
     sim.shutdown().await;
 }

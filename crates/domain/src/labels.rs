@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use crate::DomainError;
 
 const MAX_KEY: usize = 63;
-const MAX_VALUE: usize = 63;
+/// ShoreGuard's limit, kept so its clients' labels stay valid.
+const MAX_VALUE: usize = 253;
+/// Labels on one object.
+pub const MAX_LABELS: usize = 20;
 
 fn check_label(key: &str, value: &str) -> Result<(), DomainError> {
     let bad = |reason: &str| DomainError::InvalidLabel { key: crate::sanitize(key, 80), reason: reason.into() };
@@ -20,7 +23,7 @@ fn check_label(key: &str, value: &str) -> Result<(), DomainError> {
         return Err(bad("key may contain only letters, digits, '-', '_', '.' and '/'"));
     }
     if value.len() > MAX_VALUE {
-        return Err(bad("value must be at most 63 characters"));
+        return Err(bad("value must be at most 253 characters"));
     }
     if !value.chars().all(value_ok) {
         return Err(bad("value may contain only letters, digits, '-', '_' and '.'"));
@@ -45,6 +48,12 @@ impl Labels {
             let (k, v) = (k.into(), v.into());
             check_label(&k, &v)?;
             map.insert(k, v);
+        }
+        if map.len() > MAX_LABELS {
+            return Err(DomainError::InvalidField {
+                field: "labels",
+                reason: format!("at most {MAX_LABELS} labels ({} given)", map.len()),
+            });
         }
         Ok(Self(map))
     }
@@ -74,6 +83,20 @@ impl<'de> Deserialize<'de> for Labels {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let map = BTreeMap::<String, String>::deserialize(d)?;
         Self::parse(map).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+
+    #[test]
+    fn at_most_twenty_labels_with_values_up_to_253() {
+        let twenty = (0..20).map(|i| (format!("k{i}"), "v".repeat(253)));
+        assert_eq!(Labels::parse(twenty).unwrap().as_map().len(), 20);
+        let err = Labels::parse((0..21).map(|i| (format!("k{i}"), "v"))).unwrap_err().to_string();
+        assert_eq!(err, "invalid labels: at most 20 labels (21 given)");
+        assert!(Labels::parse([("k", "v".repeat(254))]).unwrap_err().to_string().contains("253"));
     }
 }
 

@@ -99,10 +99,17 @@ pub struct Operation {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What the store keeps unique among active operations: one per
+/// (gateway, resource type, resource name).
+#[must_use]
+pub fn active_key(gateway: Option<&str>, resource_type: &str, resource_name: &str) -> String {
+    format!("{}\u{1f}{resource_type}\u{1f}{resource_name}", gateway.unwrap_or(""))
+}
+
 impl Operation {
     /// The key that makes at most one operation per resource active.
     #[must_use]
     pub fn active_key(&self) -> String {
-        format!("{}\u{1f}{}\u{1f}{}", self.gateway.as_deref().unwrap_or(""), self.resource_type, self.resource_name)
+        active_key(self.gateway.as_deref(), &self.resource_type, &self.resource_name)
     }
 }

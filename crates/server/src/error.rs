@@ -159,6 +159,11 @@ impl From<ServiceError> for ApiError {
             ServiceError::Unauthenticated { message } => {
                 Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message)
             }
+            ServiceError::IdempotencyKeyReused { ref operation_id } => {
+                let mut err = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED", e.to_string());
+                err.extra.insert("operation_id".into(), operation_id.clone().into());
+                err
+            }
             ServiceError::Throttled { message, retry_after } => {
                 let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS", message);
                 e.extra.insert("retry_after".into(), retry_after.into());

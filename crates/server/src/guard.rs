@@ -130,6 +130,8 @@ pub(crate) fn detail_for(status: StatusCode, body: &str) -> String {
         .trim_start_matches("Failed to parse the request body as JSON: ");
     // serde's "expected struct FooBody with N elements" names our types.
     let text = text.split(", expected struct").next().unwrap_or(text);
+    // A value in the wrong place may be a credential: say its type only.
+    let text = &without_string_values(text);
     match status {
         StatusCode::METHOD_NOT_ALLOWED => "this method is not allowed on this path".to_owned(),
         StatusCode::PAYLOAD_TOO_LARGE => format!("request body larger than {} KiB", crate::BODY_LIMIT / 1024),
@@ -139,8 +141,48 @@ pub(crate) fn detail_for(status: StatusCode, body: &str) -> String {
     }
 }
 
+/// serde quotes a misplaced string as `string "value"` (Rust debug
+/// escaping); keeps `string` and drops the value.
+fn without_string_values(text: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(MARK) {
+        out.push_str(&rest[..at + MARK.len() - 2]);
+        let mut escaped = false;
+        let end = rest[at + MARK.len()..].char_indices().find_map(|(i, c)| {
+            let closes = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            closes.then_some(i)
+        });
+        match end {
+            Some(i) => rest = &rest[at + MARK.len() + i + 1..],
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 pub(crate) fn is_problem(resp: &Response) -> bool {
     resp.headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v: &HeaderValue| v.as_bytes().starts_with(b"application/problem+json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_string_values;
+
+    #[test]
+    fn misplaced_string_values_are_not_echoed() {
+        assert_eq!(
+            without_string_values(
+                r#"credentials: invalid type: string "sk-\"secret", expected a map at line 1 column 9"#
+            ),
+            "credentials: invalid type: string, expected a map at line 1 column 9"
+        );
+        assert_eq!(without_string_values("missing field `name`"), "missing field `name`");
+        assert_eq!(without_string_values(r#"a string "unterminated"#), "a string");
+    }
 }

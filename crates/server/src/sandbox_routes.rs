@@ -13,7 +13,7 @@ use breakwater_services::sandboxes::{Command, CreateSandbox, ExecInput, ExecStar
 use serde::{Deserialize, Serialize};
 
 use crate::access::{OPERATOR, Routes, VIEWER};
-use crate::extract::{Caller, QueryPairs};
+use crate::extract::{Caller, IdempotentJson, QueryPairs};
 use crate::gateway_routes::gateway_name;
 use crate::{ApiError, ApiResult, AppState};
 
@@ -98,8 +98,7 @@ async fn list(State(state): State<AppState>, Path(gw): Path<String>, q: QueryPai
 struct CreateBody {
     name: String,
     image: Option<String>,
-    #[serde(default)]
-    providers: Vec<String>,
+    providers: Option<Vec<String>>,
     #[serde(default)]
     environment: BTreeMap<String, String>,
     policy: Option<breakwater_domain::policy::Policy>,
@@ -107,8 +106,7 @@ struct CreateBody {
     presets: Vec<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
-    #[serde(default)]
-    gpu: bool,
+    gpu: Option<bool>,
     description: Option<String>,
     log_level: Option<String>,
     /// A sandbox template whose defaults fill what the body leaves out.
@@ -124,8 +122,7 @@ async fn create(
     State(state): State<AppState>,
     Caller(actor): Caller,
     Path(gw): Path<String>,
-    headers: HeaderMap,
-    Json(body): Json<CreateBody>,
+    IdempotentJson { body, key }: IdempotentJson<CreateBody>,
 ) -> ApiResult<axum::response::Response> {
     let input = CreateSandbox {
         name: body.name,
@@ -140,12 +137,8 @@ async fn create(
         log_level: body.log_level,
         template: body.template,
     };
-    let op = state.sandboxes.create(&actor, &gateway_name(&gw)?, input, idempotency_key(&headers)).await?;
+    let op = state.sandboxes.create(&actor, &gateway_name(&gw)?, input, key.as_ref()).await?;
     Ok(accepted(&op))
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Option<&str> {
-    headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty() && k.len() <= 200)
 }
 
 /// 202 with the operation to follow (`Location`, `Retry-After`).
@@ -294,7 +287,7 @@ async fn exec(
     Caller(actor): Caller,
     Path((gw, name)): Path<(String, String)>,
     headers: HeaderMap,
-    Json(body): Json<ExecBody>,
+    IdempotentJson { body, key }: IdempotentJson<ExecBody>,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
     let input = ExecInput {
@@ -313,7 +306,7 @@ async fn exec(
         .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("respond-async")));
     let started = state
         .sandboxes
-        .exec_or_start(&actor, &gateway_name(&gw)?, &sandbox(&name)?, input, prefer_async, idempotency_key(&headers))
+        .exec_or_start(&actor, &gateway_name(&gw)?, &sandbox(&name)?, input, prefer_async, key.as_ref())
         .await?;
     Ok(match started {
         ExecStarted::Done(out) => Json(out).into_response(),

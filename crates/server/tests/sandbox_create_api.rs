@@ -37,11 +37,10 @@ async fn create_with_two_presets_runs_as_an_operation() {
         policy["policy"]["network_policies"]["pypi"].is_object()
             && policy["policy"]["network_policies"]["npm"].is_object()
     );
-    assert_eq!(
-        app.post(S, &json!({"name": "x", "presets": ["nope"]})).await.0,
-        404,
-        "unknown presets are refused first"
-    );
+    let (status, unknown) = app.post(S, &json!({"name": "x", "presets": ["nope"]})).await;
+    assert_eq!(status, 400, "unknown presets are refused first: {unknown}");
+    let detail = unknown["detail"].as_str().unwrap();
+    assert!(detail.contains("\"nope\"") && detail.contains("pypi"), "names the known presets: {detail}");
     assert_eq!(app.post(S, &json!({"name": "Bad_Name"})).await.0, 400);
     s.shutdown().await;
 }
@@ -122,7 +121,19 @@ async fn templates_are_listed_and_a_create_from_one_gets_its_defaults() {
     let (status, bad) = app.get("/api/sandbox-templates/..%2Fetc").await;
     assert_eq!(status, 400, "{bad}");
 
-    // data-science names the nvidia provider: the gateway must have it.
+    // data-science names the nvidia provider: the gateway must have it,
+    // which is said before anything starts.
+    let (status, missing) = app.post(S, &json!({"name": "ds-0", "template": "data-science"})).await;
+    assert_eq!(status, 400, "{missing}");
+    let detail = missing["detail"].as_str().unwrap();
+    assert!(detail.contains("\"nvidia\"") && detail.contains("data-science"), "{detail}");
+    // An explicit "no providers, no GPU" stands against the template.
+    let (status, op) =
+        app.post(S, &json!({"name": "ds-plain", "template": "data-science", "providers": [], "gpu": false})).await;
+    assert_eq!(status, 202, "{op}");
+    assert_eq!(finished(&app, op["operation_id"].as_str().unwrap()).await["status"], "succeeded");
+    let (_, plain) = app.get(&format!("{S}/ds-plain")).await;
+    assert_eq!((plain["gpu"].clone(), plain["providers"].clone()), (json!(false), json!([])), "{plain}");
     let provider = json!({"name": "nvidia", "type": "nvidia", "api_key": "nvapi-test"});
     assert_eq!(app.post("/api/gateways/gw/providers", &provider).await.0, 201);
     let body = json!({"name": "ds-1", "template": "data-science", "presets": ["github", "pypi"]});
@@ -152,5 +163,91 @@ async fn templates_are_listed_and_a_create_from_one_gets_its_defaults() {
     assert!(body["detail"].as_str().unwrap().contains("data-science"), "lists the templates: {body}");
     let (status, body) = app.post(S, &json!({"name": "x", "log_level": "loud"})).await;
     assert_eq!(status, 400, "{body}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn create_refuses_too_many_labels_and_bad_environment_names() {
+    let (app, s) = setup().await;
+    let labels: serde_json::Map<String, Value> = (0..21).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let (status, body) = app.post(S, &json!({"name": "many", "labels": labels})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("at most 20 labels"), "{body}");
+    for bad in ["1ABC", "A-B", "", "A B"] {
+        let (status, body) = app.post(S, &json!({"name": "env", "environment": {bad: "x"}})).await;
+        assert_eq!(status, 400, "{bad:?}: {body}");
+    }
+    let (status, body) = app.post(S, &json!({"name": "env", "environment": {"BIG": "x".repeat(70 * 1024)}})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(app.post(S, &json!({"name": "env", "environment": {"_OK_1": "x"}})).await.0, 202);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_scoped_to_the_gateway_and_bound_to_the_body() {
+    let (app, s) = setup().await;
+    let other = common::sim().await;
+    assert_eq!(app.post("/api/gateway/register", &register_body("gw2", &other, &json!({}))).await.0, 201);
+    let send = |path: &'static str, body: Value, key: String| {
+        let request = app.http.post(format!("{}{path}", app.base)).header("idempotency-key", key).json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let key = || "key-1".to_owned();
+    let (status, first) = send(S, json!({"name": "idem", "labels": {"a": "1"}}), key()).await;
+    assert_eq!(status, 202, "{first}");
+    let id = first["operation_id"].as_str().unwrap().to_owned();
+    // The same request again, keys in another order: the same operation,
+    // even once the sandbox exists.
+    assert_eq!(finished(&app, &id).await["status"], "succeeded");
+    let (status, again) = send(S, json!({"labels": {"a": "1"}, "name": "idem"}), key()).await;
+    assert_eq!((status, again["operation_id"].as_str()), (202, Some(id.as_str())), "{again}");
+    // The same key with another body is refused and names the first one.
+    let (status, reused) = send(S, json!({"name": "idem-2"}), key()).await;
+    assert_eq!(status, 422, "{reused}");
+    assert_eq!(reused["code"], "IDEMPOTENCY_KEY_REUSED");
+    assert_eq!(reused["operation_id"], id.as_str());
+    // The same key on another gateway's route is another request.
+    let (status, elsewhere) = send("/api/gateways/gw2/sandboxes", json!({"name": "idem"}), key()).await;
+    assert_eq!(status, 202, "{elsewhere}");
+    assert_ne!(elsewhere["operation_id"], id.as_str());
+    // A key that is not a short token is refused up front.
+    let (status, long) = send(S, json!({"name": "idem-3"}), "k".repeat(256)).await;
+    assert_eq!(status, 400, "{long}");
+    let (status, spaced) = send(S, json!({"name": "idem-3"}), "two words".to_owned()).await;
+    assert_eq!(status, 400, "{spaced}");
+    s.shutdown().await;
+    other.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_preset_whose_revision_does_not_load_is_reported_failed_and_the_sandbox_stays() {
+    let (app, s) = setup().await;
+    s.faults().set_reject_hosts(vec!["registry.npmjs.org".to_owned()]);
+    let (status, op) = app.post(S, &json!({"name": "half", "presets": ["pypi", "npm"]})).await;
+    assert_eq!(status, 202, "{op}");
+    let done = finished(&app, op["operation_id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "the sandbox is there: {done}");
+    assert_eq!(done["result"]["presets"]["pypi"]["status"], "applied", "{done}");
+    assert_eq!(done["result"]["presets"]["npm"]["status"], "failed", "{done}");
+    let why = done["result"]["presets"]["npm"]["error"].as_str().unwrap();
+    assert!(why.contains("did not load") && why.contains("registry.npmjs.org"), "{why}");
+    assert_eq!(done["result"]["presets_failed"], json!(["npm"]));
+    assert_eq!(app.get(&format!("{S}/half")).await.0, 200);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn creating_an_existing_name_is_a_conflict_that_leaves_its_description_alone() {
+    let (app, s) = setup().await;
+    let (_, op) = app.post(S, &json!({"name": "taken", "description": "the original"})).await;
+    assert_eq!(finished(&app, op["operation_id"].as_str().unwrap()).await["status"], "succeeded");
+    let (status, again) = app.post(S, &json!({"name": "taken", "description": "an impostor"})).await;
+    assert_eq!(status, 409, "{again}");
+    assert!(again["detail"].as_str().unwrap().contains("taken"), "{again}");
+    let (_, sb) = app.get(&format!("{S}/taken")).await;
+    assert_eq!(sb["description"], "the original");
     s.shutdown().await;
 }

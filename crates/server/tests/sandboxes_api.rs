@@ -148,6 +148,14 @@ async fn metadata_patch_merges_into_get_and_list_filters_on_it_and_delete_forget
     assert_eq!(status, 200, "{ml}");
     let names: Vec<_> = ml["items"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["agent-1"]);
+    // Repeated filters AND together.
+    let (status, two) = app.patch(&format!("{S}/sim-0001"), &json!({"labels": {"team": "ml", "env": "prod"}})).await;
+    assert_eq!(status, 200, "{two}");
+    let (_, both) = app.get(&format!("{S}?label=team:ml&label=env:prod")).await;
+    let names: Vec<_> = both["items"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["sim-0001"], "{both}");
+    assert_eq!(app.get(&format!("{S}?label=team:ml&label=team:ops")).await.0, 400);
+    app.patch(&format!("{S}/sim-0001"), &json!({"labels": null})).await;
     let (_, page) = app.get(&format!("{S}?limit=2&offset=1")).await;
     assert_eq!((page["items"].as_array().unwrap().len(), page["has_more"].as_bool()), (2, Some(true)), "{page}");
     assert_eq!(page["total"], 4, "clients paginate by total: {page}");
@@ -165,7 +173,7 @@ async fn metadata_patch_merges_into_get_and_list_filters_on_it_and_delete_forget
     assert_eq!((status, body["errors"][0]["field"].as_str()), (400, Some("description")), "{body}");
     assert_eq!(app.patch(&format!("{S}/nope"), &json!({"description": "x"})).await.0, 404);
     let (_, audit) = app.get("/api/audit?action=sandbox.update_metadata").await;
-    assert_eq!(audit["total"], 3, "one entry per change: {audit}");
+    assert_eq!(audit["total"], 5, "one entry per change: {audit}");
     assert_eq!(audit["entries"][0]["actor"], "local-admin");
 
     app.patch(&format!("{S}/agent-1"), &json!({"description": "again"})).await;

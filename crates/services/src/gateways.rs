@@ -178,7 +178,9 @@ pub(crate) fn check_metadata_patch(patch: &GatewayMetadataPatch) -> Result<()> {
 pub(crate) fn check_description(d: Option<&str>) -> Result<()> {
     match d {
         Some(d) if d.chars().count() > 1000 => Err(invalid("description", "at most 1000 characters")),
-        Some(d) if d.contains('\0') => Err(invalid("description", "may not contain NUL characters")),
+        Some(d) if d.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\t')) => {
+            Err(invalid("description", "may not contain control characters other than newline and tab"))
+        }
         _ => Ok(()),
     }
 }

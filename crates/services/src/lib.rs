@@ -28,7 +28,7 @@ pub use gateways::{ConnectionTest, GatewayInfoView, GatewayService, MonitorSetti
 pub use identity::{Authenticated, IdentityService, IdentitySettings, Principal};
 pub use import::{ImportProblem, ImportReport, default_openshell_config_dir};
 pub use local::{CreateLocalGateway, Diagnostics, LocalActionResult, LocalError, LocalGatewayManager, LocalTools};
-pub use operations::{NewOperation, OperationService};
+pub use operations::{IdempotencyKey, NewOperation, OperationService};
 pub use policy::{PolicyService, PolicyView, WriteOutcome, WriteStatus};
 pub use providers::ProviderService;
 pub use sandboxes::SandboxService;
@@ -91,6 +91,12 @@ pub enum ServiceError {
     /// The caller is not signed in, or the credentials are wrong.
     #[error("{message}")]
     Unauthenticated { message: String },
+    /// An `Idempotency-Key` came back with a different request body.
+    #[error(
+        "this Idempotency-Key was already used with a different request (operation {operation_id}); send a new key \
+         for a new request"
+    )]
+    IdempotencyKeyReused { operation_id: String },
     /// Too many attempts; try again after `retry_after` seconds.
     #[error("{message}")]
     Throttled { message: String, retry_after: u64 },

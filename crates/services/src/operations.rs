@@ -27,8 +27,18 @@ pub struct NewOperation<'a> {
     pub resource_type: &'a str,
     pub resource_name: &'a str,
     pub action: &'a str,
-    /// The caller's `Idempotency-Key`, scoped here by actor and route.
-    pub idempotency_key: Option<(&'a str, &'a str)>,
+    /// The route (method and concrete path) and the caller's
+    /// `Idempotency-Key`; scoped here by actor and route.
+    pub idempotency_key: Option<(&'a str, &'a IdempotencyKey)>,
+}
+
+/// A caller's `Idempotency-Key` with a digest of the request body it came
+/// with: the same key with another body is refused, not answered with the
+/// first request's operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: String,
 }
 
 /// Long-running operations. Cheap to clone.
@@ -43,6 +53,12 @@ pub struct OperationService {
     events: Option<EventBus>,
     /// This replica, as operations' `owner` and in heartbeats.
     instance: Arc<str>,
+}
+
+/// Two users' keys never collide, nor one user's keys on two routes (the
+/// route is the method and the concrete path, gateway and sandbox included).
+fn scoped_key(actor: &Actor, route: &str, key: &IdempotencyKey) -> String {
+    format!("{}\u{1f}{route}\u{1f}{}", actor.name, key.key)
 }
 
 fn capped(message: &str) -> String {
@@ -111,13 +127,16 @@ impl OperationService {
             created_at: now,
             updated_at: now,
         };
-        // Two users' keys never collide, nor one user's keys on two routes.
-        let key = new.idempotency_key.map(|(route, key)| format!("{}\u{1f}{route}\u{1f}{key}", actor.name));
+        let key = new.idempotency_key.map(|(route, k)| (scoped_key(actor, route, k), k));
         // A unique violation whose holder finished in between is retried once.
         for _ in 0..2 {
-            match self.store.insert_operation(&op, key.as_deref()).await {
+            let idempotency = key.as_ref().map(|(scoped, k)| (scoped.as_str(), k.fingerprint.as_str()));
+            match self.store.insert_operation(&op, idempotency).await {
                 Ok(OperationInsert::Created) => return Ok((op, true)),
                 Ok(OperationInsert::SameKey(existing)) => return Ok((existing, false)),
+                Ok(OperationInsert::KeyReused(existing)) => {
+                    return Err(ServiceError::IdempotencyKeyReused { operation_id: existing.id });
+                }
                 Ok(OperationInsert::Busy(existing)) => {
                     return Err(ServiceError::Precondition {
                         message: format!(
@@ -134,6 +153,33 @@ impl OperationService {
             }
         }
         Err(ServiceError::Precondition { message: format!("{} is busy; try again", op.resource_name) })
+    }
+
+    /// What an earlier request with this key started, if one did; the same
+    /// key with another body is refused.
+    pub async fn get_by_idempotency_key(
+        &self,
+        actor: &Actor,
+        route: &str,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Operation>> {
+        match self.store.get_operation_by_key(&scoped_key(actor, route, key)).await? {
+            None => Ok(None),
+            Some((op, first)) if first.as_ref().is_none_or(|f| *f == key.fingerprint) => Ok(Some(op)),
+            Some((op, _)) => Err(ServiceError::IdempotencyKeyReused { operation_id: op.id }),
+        }
+    }
+
+    /// The operation running on a resource now, if any (`is_running` says
+    /// whether this replica has a live task for an operation id).
+    pub async fn active(
+        &self,
+        gateway: Option<&str>,
+        resource_type: &str,
+        resource_name: &str,
+    ) -> Result<Option<Operation>> {
+        let key = breakwater_domain::operation::active_key(gateway, resource_type, resource_name);
+        Ok(self.store.get_active_operation(&key).await?)
     }
 
     pub async fn get(&self, id: &str) -> Result<Operation> {
@@ -185,11 +231,26 @@ impl OperationService {
         Ok(self.store.operation_counts().await?)
     }
 
-    async fn update(&self, id: &str, change: impl FnOnce(&mut Operation) -> bool) -> Result<Operation> {
-        let mut op = self.get(id).await?;
-        if change(&mut op) {
+    /// Read, change, compare-and-set on the status read; re-read and apply
+    /// again when another writer changed it in between.
+    async fn update(&self, id: &str, mut change: impl FnMut(&mut Operation) -> bool) -> Result<Operation> {
+        let mut tries = 0;
+        let op = loop {
+            let mut op = self.get(id).await?;
+            let from = op.status;
+            if !change(&mut op) {
+                return Ok(op);
+            }
             op.updated_at = Utc::now();
-            self.store.save_operation(&op).await?;
+            if self.store.save_operation(&op, from).await? {
+                break op;
+            }
+            tries += 1;
+            if tries == 5 {
+                return Err(ServiceError::Precondition { message: format!("operation {id} is changing; try again") });
+            }
+        };
+        {
             let _ = self.changes.send(op.id.clone());
             if let Some(events) = &self.events {
                 events.publish(Event::OperationChanged {
@@ -242,7 +303,8 @@ impl OperationService {
             if live {
                 op.status = OperationStatus::Succeeded;
                 op.progress = 100;
-                op.result = Some(result);
+                op.message = Some("done".to_owned());
+                op.result = Some(result.clone());
             }
             live
         })

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use breakwater_domain::operation::{Operation, OperationError};
-use breakwater_domain::policy::{Policy, SandboxConfig};
+use breakwater_domain::policy::{Policy, PolicyRevision, PolicyStatus, SandboxConfig};
 use breakwater_domain::registry::GatewayName;
 use breakwater_domain::registry::{FieldPatch, GatewayMetadataPatch};
 use breakwater_domain::sandbox::{
@@ -14,13 +14,15 @@ use breakwater_domain::sandbox::{
     SandboxMetadata, SandboxPhase, SshSession, WatchEvent, WatchOptions, split_command,
 };
 use breakwater_domain::templates::{self, SandboxTemplate};
-use breakwater_domain::{LabelSelector, Labels, SandboxName, Secret, WorkspaceName, sanitize};
+use breakwater_domain::{LabelSelector, Labels, ProviderName, SandboxName, Secret, WorkspaceName, sanitize};
 use breakwater_gateway::{Gateway, WorkspaceScope};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use crate::events::Event;
-use crate::{Actor, GatewayService, NewOperation, OperationService, PolicyService, Result, ServiceError};
+use crate::{
+    Actor, GatewayService, IdempotencyKey, NewOperation, OperationService, PolicyService, Result, ServiceError,
+};
 
 mod live;
 pub use live::{LiveFeed, LiveFrame, LiveSettings};
@@ -69,6 +71,63 @@ pub struct LogFilter {
     pub min_level: Option<String>,
 }
 
+/// Arguments of one exec, in all.
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
+/// How much of a command an audit entry keeps.
+const AUDITED_COMMAND_CHARS: usize = 2_000;
+const MAX_ENV_VARS: usize = 128;
+const MAX_ENV_BYTES: usize = 64 * 1024;
+
+/// Environment variable names as a shell can set them; values bounded.
+fn check_environment(field: &str, env: &BTreeMap<String, String>) -> Result<()> {
+    if env.len() > MAX_ENV_VARS {
+        return Err(invalid(field, format!("at most {MAX_ENV_VARS} variables")));
+    }
+    for name in env.keys() {
+        let mut chars = name.chars();
+        let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && name.len() <= 256;
+        if !ok {
+            return Err(invalid(
+                field,
+                format!(
+                    "{:?} is not a variable name (letters, digits and '_', not starting with a digit)",
+                    sanitize(name, 64)
+                ),
+            ));
+        }
+    }
+    if env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > MAX_ENV_BYTES {
+        return Err(invalid(field, format!("at most {} KiB of names and values", MAX_ENV_BYTES / 1024)));
+    }
+    if env.values().any(|v| v.contains('\0')) {
+        return Err(invalid(field, "values may not contain NUL characters"));
+    }
+    Ok(())
+}
+
+/// The command as an audit entry keeps it: whole when short, else cut with
+/// a note of how long it was.
+fn audited_command(argv: &[String]) -> serde_json::Value {
+    let total: usize = argv.iter().map(|a| a.chars().count()).sum();
+    if total <= AUDITED_COMMAND_CHARS {
+        return serde_json::json!(argv);
+    }
+    let mut left = AUDITED_COMMAND_CHARS;
+    let kept: Vec<String> = argv
+        .iter()
+        .map_while(|a| {
+            (left > 0).then(|| {
+                let part: String = a.chars().take(left).collect();
+                left -= part.chars().count();
+                part
+            })
+        })
+        .collect();
+    serde_json::json!({"argv": kept, "truncated_from_chars": total})
+}
+
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 
 fn invalid(field: &str, message: impl Into<String>) -> ServiceError {
@@ -80,13 +139,15 @@ fn invalid(field: &str, message: impl Into<String>) -> ServiceError {
 pub struct CreateSandbox {
     pub name: String,
     pub image: Option<String>,
-    pub providers: Vec<String>,
+    /// `None`: the template's (if any); `Some(vec![])`: none at all.
+    pub providers: Option<Vec<String>>,
     pub environment: BTreeMap<String, String>,
     pub policy: Option<Policy>,
     pub presets: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub description: Option<String>,
-    pub gpu: bool,
+    /// `None`: the template's choice (if any), else no GPU.
+    pub gpu: Option<bool>,
     pub log_level: Option<String>,
     /// A built-in template whose defaults fill what this request leaves out.
     pub template: Option<String>,
@@ -94,19 +155,22 @@ pub struct CreateSandbox {
 
 impl CreateSandbox {
     /// Fills what the request left out from the template: image, providers
-    /// (when none are given), environment (the request's values win), GPU,
-    /// and presets (the template's first, then the request's).
+    /// and GPU (when the request does not say; an explicit `[]` or `false`
+    /// stands), environment (the request's values win), and presets (the
+    /// template's first, then the request's).
     fn with_template(mut self, t: &SandboxTemplate) -> Self {
         if self.image.as_deref().is_none_or(str::is_empty) {
             self.image.clone_from(&t.image);
         }
-        if self.providers.is_empty() {
-            self.providers.clone_from(&t.providers);
+        if self.providers.is_none() {
+            self.providers = Some(t.providers.clone());
         }
         for (k, v) in &t.environment {
             self.environment.entry(k.clone()).or_insert_with(|| v.clone());
         }
-        self.gpu |= t.gpu;
+        if self.gpu.is_none() {
+            self.gpu = Some(t.gpu);
+        }
         let mut presets = t.presets.clone();
         for p in self.presets {
             if !presets.contains(&p) {
@@ -158,7 +222,7 @@ impl SandboxService {
         actor: &Actor,
         gw: &GatewayName,
         input: CreateSandbox,
-        idempotency_key: Option<&str>,
+        idempotency_key: Option<&IdempotencyKey>,
     ) -> Result<Operation> {
         let input = match input.template.clone() {
             Some(t) => input.with_template(Self::template_for_create(&t)?),
@@ -166,12 +230,16 @@ impl SandboxService {
         };
         let name = SandboxName::parse(&input.name)?;
         let labels = Labels::parse(input.labels.clone())?;
+        check_environment("environment", &input.environment)?;
         crate::gateways::check_description(input.description.as_deref())?;
         if let Some(level) = input.log_level.as_deref().filter(|l| !LEVELS.contains(l)) {
             return Err(invalid("log_level", format!("{:?} is not one of {}", sanitize(level, 32), LEVELS.join(", "))));
         }
         for preset in &input.presets {
-            self.policies.preset(preset)?;
+            if self.policies.preset(preset).is_err() {
+                let known: Vec<&str> = self.policies.presets().iter().map(|p| p.name.as_str()).collect();
+                return Err(invalid("presets", format!("no preset {preset:?}; there are: {}", known.join(", "))));
+            }
         }
         let mut policy = input.policy.clone();
         if let Some(p) = policy.as_mut() {
@@ -179,6 +247,53 @@ impl SandboxService {
             p.validate().map_err(|v| invalid("policy", v.to_string()))?;
         }
         self.gateways.get(gw).await?;
+        let route = format!("POST /api/gateways/{gw}/sandboxes");
+        // A retry of a request that was answered: the same operation, even
+        // though the sandbox exists by now.
+        if let Some(key) = idempotency_key
+            && let Some(op) = self.operations.get_by_idempotency_key(actor, &route, key).await?
+        {
+            return Ok(op);
+        }
+        // Said now rather than as a failed operation: the common mistake.
+        // (Two creates racing past this still meet the gateway's refusal.)
+        let (ws, sb) = (WorkspaceName::default(), &name);
+        match self.gateways.with_gateway(gw, |c| async move { c.get_sandbox(&ws, sb).await }).await {
+            Ok(_) => {
+                return Err(match self.operations.active(Some(gw.as_str()), "sandbox", name.as_str()).await? {
+                    Some(op) => ServiceError::Precondition {
+                        message: format!(
+                            "sandbox {name} already has an operation in progress ({}, {}); wait for it or cancel it",
+                            op.id,
+                            op.status.as_str()
+                        ),
+                    },
+                    None => ServiceError::Conflict { what: format!("sandbox {name} on gateway {gw}") },
+                });
+            }
+            Err(ServiceError::Gateway(breakwater_gateway::GatewayError::NotFound { .. })) => {}
+            Err(e) => return Err(e),
+        }
+        // A template's provider the gateway lacks would otherwise surface
+        // as a failed operation after the fact.
+        for provider in input.providers.iter().flatten() {
+            let parsed = ProviderName::parse(provider)?;
+            let (ws, p) = (WorkspaceName::default(), &parsed);
+            match self.gateways.with_gateway(gw, |c| async move { c.get_provider(&ws, p).await }).await {
+                Ok(_) => {}
+                Err(ServiceError::Gateway(breakwater_gateway::GatewayError::NotFound { .. })) => {
+                    let from = input.template.as_deref().map(|t| format!(" (from template {t})")).unwrap_or_default();
+                    return Err(invalid(
+                        "providers",
+                        format!(
+                            "gateway {gw} has no provider {provider:?}{from}; create it first \
+                             (POST /api/gateways/{gw}/providers) or pass \"providers\": []"
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let (op, created) = self
             .operations
             .create_tracked(
@@ -188,23 +303,12 @@ impl SandboxService {
                     resource_type: "sandbox",
                     resource_name: name.as_str(),
                     action: "create",
-                    idempotency_key: idempotency_key.map(|k| ("POST /api/gateways/{gw}/sandboxes", k)),
+                    idempotency_key: idempotency_key.map(|k| (route.as_str(), k)),
                 },
             )
             .await?;
         if !created {
             return Ok(op);
-        }
-        if let Some(description) = input.description.clone() {
-            let meta = SandboxMetadata {
-                gateway: gw.as_str().to_owned(),
-                sandbox: name.as_str().to_owned(),
-                description: Some(description),
-                labels: None,
-                updated_by: actor.name.clone(),
-                updated_at: Utc::now(),
-            };
-            self.gateways.store().put_sandbox_metadata(&meta).await?;
         }
         self.gateways
             .audit()
@@ -230,16 +334,17 @@ impl SandboxService {
             labels,
             image: input.image.clone().unwrap_or_default(),
             environment: input.environment.clone(),
-            providers: input.providers.clone(),
+            providers: input.providers.clone().unwrap_or_default(),
             policy,
             command: Vec::new(),
-            gpu: input.gpu,
+            gpu: input.gpu.unwrap_or(false),
             log_level: input.log_level.clone().unwrap_or_default(),
         };
         let (this, actor, gw) = (self.clone(), actor.clone(), gw.clone());
         let id = op.id.clone();
-        let _task =
-            self.operations.spawn(&op, async move { this.run_create(&actor, &gw, &id, new, input.presets).await });
+        let _task = self
+            .operations
+            .spawn(&op, async move { this.run_create(&actor, &gw, &id, new, input.presets, input.description).await });
         Ok(op)
     }
 
@@ -267,6 +372,7 @@ impl SandboxService {
         op: &str,
         new: NewSandbox,
         presets: Vec<String>,
+        description: Option<String>,
     ) -> std::result::Result<serde_json::Value, (OperationError, String)> {
         let gateway_failure = |e: ServiceError| match e {
             ServiceError::Gateway(g) if g.is_connection_failure() => {
@@ -280,19 +386,56 @@ impl SandboxService {
             .with_gateway(gw, |c| async move { c.create_sandbox(&new).await })
             .await
             .map_err(gateway_failure)?;
+        // Only now: a create the gateway refused (say, the name is taken)
+        // must not touch what we keep about an existing sandbox.
+        if let Some(description) = description {
+            let meta = SandboxMetadata {
+                gateway: gw.as_str().to_owned(),
+                sandbox: name.as_str().to_owned(),
+                description: Some(description),
+                labels: None,
+                updated_by: actor.name.clone(),
+                updated_at: Utc::now(),
+            };
+            if let Err(e) = self.gateways.store().put_sandbox_metadata(&meta).await {
+                tracing::warn!(sandbox = %name, error = %e, "could not keep the sandbox's description");
+            }
+        }
         let _ = self.operations.progress(op, 10, "created; waiting for the sandbox to be ready").await;
-        self.wait_ready(gw, &name).await?;
-        let _ = self.operations.progress(op, 40, "ready").await;
+        let deadline = tokio::time::Instant::now() + self.ready_deadline;
+        self.wait_ready(gw, &name, deadline).await?;
         let mut statuses = serde_json::Map::new();
+        if !presets.is_empty() {
+            let _ = self.operations.progress(op, 40, "ready; waiting for the initial policy to load").await;
+            // A preset merged over a policy the gateway is still enriching
+            // would race it; start from the loaded one.
+            if let Err(message) = self.wait_policy_settled(gw, &name, None, deadline).await {
+                return Err((OperationError::Timeout, message));
+            }
+        }
         let n = presets.len().max(1);
         for (i, preset) in presets.iter().enumerate() {
             let status = match self.policies.apply_preset(actor, gw, &name, preset, false).await {
+                Ok(out) if out.status == crate::policy::WriteStatus::Applied => {
+                    match self.wait_policy_settled(gw, &name, Some(out.version), deadline).await {
+                        Ok(Some(rev)) if rev.status == PolicyStatus::Failed => serde_json::json!({
+                            "status": "failed", "version": out.version,
+                            "error": format!("policy version {} did not load: {}", out.version, rev.load_error),
+                        }),
+                        Ok(_) => serde_json::json!({"status": "applied", "result": out.status, "version": out.version}),
+                        Err(message) => {
+                            serde_json::json!({"status": "failed", "version": out.version, "error": message})
+                        }
+                    }
+                }
                 Ok(out) => serde_json::json!({"status": "applied", "result": out.status, "version": out.version}),
                 Err(e) => serde_json::json!({"status": "failed", "error": e.to_string()}),
             };
+            let failed = status["status"] == "failed";
             statuses.insert(preset.clone(), status);
             let percent = u8::try_from(40 + 60 * (i + 1) / n).unwrap_or(100);
-            let _ = self.operations.progress(op, percent, &format!("preset {preset} done")).await;
+            let verb = if failed { "failed" } else { "applied" };
+            let _ = self.operations.progress(op, percent, &format!("preset {preset} {verb}")).await;
         }
         self.policies
             .events()
@@ -306,12 +449,45 @@ impl SandboxService {
         }))
     }
 
+    /// Polls the gateway until a policy revision (`None`: the newest) is no
+    /// longer pending, with a backoff from 20 ms to 250 ms. A sandbox
+    /// without a policy has nothing to wait for.
+    async fn wait_policy_settled(
+        &self,
+        gw: &GatewayName,
+        sb: &SandboxName,
+        version: Option<u32>,
+        deadline: tokio::time::Instant,
+    ) -> std::result::Result<Option<PolicyRevision>, String> {
+        let ws = WorkspaceName::default();
+        let mut pause = Duration::from_millis(20);
+        let mut last;
+        loop {
+            let ws = &ws;
+            match self.gateways.with_gateway(gw, |c| async move { c.policy_status(ws, sb, version).await }).await {
+                Ok(report) if report.revision.status != PolicyStatus::Pending => return Ok(Some(report.revision)),
+                Ok(report) => last = format!("version {} pending", report.revision.version),
+                Err(ServiceError::Gateway(breakwater_gateway::GatewayError::NotFound { .. })) if version.is_none() => {
+                    return Ok(None);
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                let which = version.map_or_else(|| "the initial policy".to_owned(), |v| format!("policy version {v}"));
+                return Err(format!("{which} did not load in time; last seen: {last}"));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
     /// Follows the watch stream until READY; a terminal phase or the
     /// deadline ends it with the last phase and condition message.
     async fn wait_ready(
         &self,
         gw: &GatewayName,
         sb: &SandboxName,
+        deadline: tokio::time::Instant,
     ) -> std::result::Result<(), (OperationError, String)> {
         let ws = WorkspaceName::default();
         let options = WatchOptions { follow_status: true, ..WatchOptions::default() };
@@ -321,7 +497,6 @@ impl SandboxService {
             .await
             .map_err(|e| (OperationError::Gateway, e.to_string()))?;
         let mut last = String::from("unknown");
-        let deadline = tokio::time::Instant::now() + self.ready_deadline;
         loop {
             match tokio::time::timeout_at(deadline, stream.next()).await {
                 Err(_) => {
@@ -362,32 +537,40 @@ impl SandboxService {
         limit: u32,
         offset: u32,
     ) -> Result<(Vec<Sandbox>, usize)> {
-        let metadata: BTreeMap<String, SandboxMetadata> = self
-            .gateways
-            .store()
-            .list_sandbox_metadata(gw.as_str())
-            .await?
-            .into_iter()
-            .map(|m| (m.sandbox.clone(), m))
-            .collect();
+        let (limit, offset) = (limit.clamp(1, 1000) as usize, offset as usize);
+        let store = self.gateways.store();
+        let metadata_of = |rows: Vec<SandboxMetadata>| -> BTreeMap<String, SandboxMetadata> {
+            rows.into_iter().map(|m| (m.sandbox.clone(), m)).collect()
+        };
+        let fetch = |p, upstream: LabelSelector| async move {
+            let upstream = &upstream;
+            self.gateways
+                .with_gateway(gw, |c| async move { c.list_sandboxes(&WorkspaceScope::All, upstream, &p).await })
+                .await
+        };
+        // Without a selector the store and the gateway are asked at once: the
+        // list is the page most users open, and its latency is the sum
+        // otherwise. With one, the store decides whether the gateway may
+        // filter (our labels replace the gateway's).
+        let (metadata, local_filter, all) = if selector.is_empty() {
+            let (rows, (all, _)) = tokio::try_join!(
+                async { store.list_sandbox_metadata(gw.as_str()).await.map_err(ServiceError::from) },
+                crate::window(usize::MAX, 0, 500, |p| fetch(p, LabelSelector::default())),
+            )?;
+            (metadata_of(rows), false, all)
+        } else {
+            let metadata = metadata_of(store.list_sandbox_metadata(gw.as_str()).await?);
+            let local_filter = metadata.values().any(|m| m.labels.is_some());
+            let upstream = if local_filter { LabelSelector::default() } else { selector.clone() };
+            let (all, _) = crate::window(usize::MAX, 0, 500, |p| fetch(p, upstream.clone())).await?;
+            (metadata, local_filter, all)
+        };
         let merge = |mut s: Sandbox| {
             if let Some(m) = metadata.get(&s.name) {
                 m.apply_to(&mut s);
             }
             s
         };
-        let (limit, offset) = (limit.clamp(1, 1000) as usize, offset as usize);
-        let local_filter = !selector.is_empty() && metadata.values().any(|m| m.labels.is_some());
-        let upstream = if local_filter { LabelSelector::default() } else { selector.clone() };
-        let fetch = |p| {
-            let upstream = &upstream;
-            async move {
-                self.gateways
-                    .with_gateway(gw, |c| async move { c.list_sandboxes(&WorkspaceScope::All, upstream, &p).await })
-                    .await
-            }
-        };
-        let (all, _) = crate::window(usize::MAX, 0, 500, fetch).await?;
         if !local_filter {
             let total = all.len();
             return Ok((all.into_iter().skip(offset).take(limit).map(merge).collect(), total));
@@ -483,7 +666,7 @@ impl SandboxService {
         sb: &SandboxName,
         input: ExecInput,
         prefer_operation: bool,
-        idempotency_key: Option<&str>,
+        idempotency_key: Option<&IdempotencyKey>,
     ) -> Result<ExecStarted> {
         let request = Self::exec_request(input)?;
         if !prefer_operation && request.timeout.is_some_and(|t| t <= EXEC_SYNC_MAX) {
@@ -492,6 +675,7 @@ impl SandboxService {
         self.get(gw, sb).await?;
         // Each long exec is its own resource, so several may run at once.
         let resource = format!("{sb}/{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let route = format!("POST /api/gateways/{gw}/sandboxes/{sb}/exec");
         let (op, created) = self
             .operations
             .create_tracked(
@@ -501,7 +685,7 @@ impl SandboxService {
                     resource_type: "sandbox_exec",
                     resource_name: &resource,
                     action: "exec",
-                    idempotency_key: idempotency_key.map(|k| ("POST /api/gateways/{gw}/sandboxes/{name}/exec", k)),
+                    idempotency_key: idempotency_key.map(|k| (route.as_str(), k)),
                 },
             )
             .await?;
@@ -509,7 +693,7 @@ impl SandboxService {
             // Recorded when it starts: whoever started it is known even if
             // the server dies before it ends. The exit code is in the result.
             let detail = serde_json::json!({
-                "command": request.command,
+                "command": audited_command(&request.command),
                 "env": request.environment.keys().collect::<Vec<_>>(),
                 "operation": op.id,
             });
@@ -537,6 +721,10 @@ impl SandboxService {
             Command::Argv(v) => v,
             Command::Line(line) => split_command(&line).map_err(|m| invalid("command", m))?,
         };
+        if argv.iter().map(String::len).sum::<usize>() > MAX_COMMAND_BYTES {
+            return Err(invalid("command", format!("at most {} KiB of arguments", MAX_COMMAND_BYTES / 1024)));
+        }
+        check_environment("env", &input.env)?;
         let timeout = match input.timeout_seconds {
             None => EXEC_DEFAULT_TIMEOUT,
             Some(0) => return Err(invalid("timeout_seconds", "must be at least 1")),
@@ -572,7 +760,7 @@ impl SandboxService {
         if audit {
             // The command is recorded; environment values may be secrets, so only their names.
             let detail = serde_json::json!({
-                "command": request.command,
+                "command": audited_command(&request.command),
                 "env": request.environment.keys().collect::<Vec<_>>(),
                 "exit_code": out.exit_code,
             });

@@ -4,14 +4,18 @@
 use std::time::Duration;
 
 use breakwater_domain::operation::{OperationError, OperationStatus};
-use breakwater_services::{Actor, AuditService, NewOperation, OperationService, ServiceError};
+use breakwater_services::{Actor, AuditService, IdempotencyKey, NewOperation, OperationService, ServiceError};
 use breakwater_store::testing::both;
 
 fn person(name: &str) -> Actor {
     Actor { name: name.into(), role: "operator".into(), client_ip: None }
 }
 
-fn create<'a>(gw: &'a str, name: &'a str, key: Option<&'a str>) -> NewOperation<'a> {
+fn key(k: &str, body: &str) -> IdempotencyKey {
+    IdempotencyKey { key: k.to_owned(), fingerprint: format!("digest-of-{body}") }
+}
+
+fn create<'a>(gw: &'a str, name: &'a str, key: Option<&'a IdempotencyKey>) -> NewOperation<'a> {
     NewOperation {
         gateway: Some(gw),
         resource_type: "sandbox",
@@ -47,14 +51,31 @@ async fn s07_the_same_idempotency_key_at_the_same_moment_gives_one_operation() {
         let ops = OperationService::new(t.store.clone(), AuditService::new(t.store.clone()));
         let calls = (0..8).map(|_| {
             let ops = ops.clone();
-            tokio::spawn(async move { ops.create(&person("alice"), create("gw", "agent", Some("k-1"))).await })
+            tokio::spawn(async move {
+                let k = key("k-1", "a");
+                ops.create(&person("alice"), create("gw", "agent", Some(&k))).await
+            })
         });
         let ids: Vec<String> =
             futures::future::join_all(calls).await.into_iter().map(|r| r.unwrap().unwrap().id).collect();
         assert!(ids.windows(2).all(|w| w[0] == w[1]), "{}: {ids:?}", t.backend);
         // Another user's identical key is another operation (and here a conflict: same resource).
-        let other = ops.create(&person("bob"), create("gw", "agent", Some("k-1"))).await;
+        let other = ops.create(&person("bob"), create("gw", "agent", Some(&key("k-1", "a")))).await;
         assert!(matches!(other, Err(ServiceError::Precondition { .. })), "{other:?}");
+        // The same key with another body is refused, naming the first.
+        let reused = ops.create(&person("alice"), create("gw", "agent", Some(&key("k-1", "b")))).await;
+        assert!(
+            matches!(&reused, Err(ServiceError::IdempotencyKeyReused { operation_id }) if *operation_id == ids[0]),
+            "{}: {reused:?}",
+            t.backend
+        );
+        let route = "POST /api/gateways/{gw}/sandboxes";
+        let alice = person("alice");
+        let found = ops.get_by_idempotency_key(&alice, route, &key("k-1", "a")).await.unwrap();
+        assert_eq!(found.map(|op| op.id), Some(ids[0].clone()));
+        assert!(ops.get_by_idempotency_key(&alice, route, &key("k-1", "b")).await.is_err());
+        assert!(ops.get_by_idempotency_key(&person("bob"), route, &key("k-1", "a")).await.unwrap().is_none());
+        assert!(ops.get_by_idempotency_key(&alice, "POST /other", &key("k-1", "a")).await.unwrap().is_none());
     }
 }
 

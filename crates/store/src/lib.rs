@@ -87,8 +87,12 @@ pub struct NewGateway {
 #[derive(Clone, Debug, PartialEq)]
 pub enum OperationInsert {
     Created,
-    /// The idempotency key was used before: this is that operation.
+    /// The idempotency key was used before, for the same request: this is
+    /// that operation.
     SameKey(Operation),
+    /// The idempotency key was used before for a different request body:
+    /// this is the operation it started.
+    KeyReused(Operation),
     /// The resource already has an active operation: this one.
     Busy(Operation),
 }
@@ -161,12 +165,20 @@ pub trait Store: Send + Sync {
     // --- long-running operations ---
     /// Inserts `op` unless its idempotency key was used before (that
     /// operation comes back) or its resource already has an active one.
-    async fn insert_operation(&self, op: &Operation, idempotency_key: Option<&str>) -> Result<OperationInsert>;
+    /// `idempotency` is the (scoped key, request digest) pair.
+    async fn insert_operation(&self, op: &Operation, idempotency: Option<(&str, &str)>) -> Result<OperationInsert>;
     async fn get_operation(&self, id: &str) -> Result<Option<Operation>>;
-    async fn get_operation_by_key(&self, idempotency_key: &str) -> Result<Option<Operation>>;
+    /// The active operation holding `active_key` (see `Operation::active_key`).
+    async fn get_active_operation(&self, active_key: &str) -> Result<Option<Operation>>;
+    /// The operation a scoped key started, with the digest of the request
+    /// it came with (`None` for rows older than digests).
+    async fn get_operation_by_key(&self, idempotency_key: &str) -> Result<Option<(Operation, Option<String>)>>;
     /// Writes status, progress, message, result and error (and frees the
     /// resource when the operation is no longer active).
-    async fn save_operation(&self, op: &Operation) -> Result<()>;
+    /// Only while the stored status is still `from` (compare and set):
+    /// `false` when another writer (a cancel, an orphan sweep) got there
+    /// first, so a stale read never overwrites a newer state.
+    async fn save_operation(&self, op: &Operation, from: OperationStatus) -> Result<bool>;
     /// Newest first.
     async fn list_operations(
         &self,
@@ -782,11 +794,12 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn insert_operation(&self, op: &Operation, idempotency_key: Option<&str>) -> Result<OperationInsert> {
+            async fn insert_operation(&self, op: &Operation, idempotency: Option<(&str, &str)>) -> Result<OperationInsert> {
+                let (idempotency_key, fingerprint) = idempotency.unzip();
                 let inserted = sqlx::query(
                     "INSERT INTO operations (id, gateway, resource_type, resource_name, action, status, active_key, \
-                     idempotency_key, progress, message, actor, created_at, updated_at, owner) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)",
+                     idempotency_key, progress, message, actor, created_at, updated_at, owner, idempotency_fingerprint) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14)",
                 )
                 .bind(&op.id)
                 .bind(&op.gateway)
@@ -801,15 +814,20 @@ macro_rules! impl_store {
                 .bind(&op.actor)
                 .bind(op.created_at.trunc_subsecs(6))
                 .bind(&op.owner)
+                .bind(fingerprint)
                 .execute(&self.pool)
                 .await;
                 match inserted {
                     Ok(_) => Ok(OperationInsert::Created),
                     Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                         if let Some(key) = idempotency_key
-                            && let Some(existing) = self.get_operation_by_key(key).await?
+                            && let Some((existing, first)) = self.get_operation_by_key(key).await?
                         {
-                            return Ok(OperationInsert::SameKey(existing));
+                            return Ok(if first.is_none_or(|f| Some(f.as_str()) == fingerprint) {
+                                OperationInsert::SameKey(existing)
+                            } else {
+                                OperationInsert::KeyReused(existing)
+                            });
                         }
                         let row = sqlx::query(&format!("{OPERATION_SELECT} WHERE active_key = $1"))
                             .bind(op.active_key())
@@ -825,23 +843,34 @@ macro_rules! impl_store {
                 }
             }
 
-            async fn get_operation(&self, id: &str) -> Result<Option<Operation>> {
-                let row = sqlx::query(&format!("{OPERATION_SELECT} WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
-                row.as_ref().map(operation_from_row).transpose()
-            }
-
-            async fn get_operation_by_key(&self, key: &str) -> Result<Option<Operation>> {
-                let row = sqlx::query(&format!("{OPERATION_SELECT} WHERE idempotency_key = $1"))
-                    .bind(key)
+            async fn get_active_operation(&self, active_key: &str) -> Result<Option<Operation>> {
+                let row = sqlx::query(&format!("{OPERATION_SELECT} WHERE active_key = $1"))
+                    .bind(active_key)
                     .fetch_optional(&self.pool)
                     .await?;
                 row.as_ref().map(operation_from_row).transpose()
             }
 
-            async fn save_operation(&self, op: &Operation) -> Result<()> {
-                sqlx::query(
+            async fn get_operation(&self, id: &str) -> Result<Option<Operation>> {
+                let row = sqlx::query(&format!("{OPERATION_SELECT} WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
+                row.as_ref().map(operation_from_row).transpose()
+            }
+
+            async fn get_operation_by_key(&self, key: &str) -> Result<Option<(Operation, Option<String>)>> {
+                let sql = format!(
+                    "{} WHERE idempotency_key = $1",
+                    OPERATION_SELECT.replace(" FROM operations", ", idempotency_fingerprint FROM operations")
+                );
+                let Some(row) = sqlx::query(&sql).bind(key).fetch_optional(&self.pool).await? else {
+                    return Ok(None);
+                };
+                Ok(Some((operation_from_row(&row)?, row.try_get("idempotency_fingerprint")?)))
+            }
+
+            async fn save_operation(&self, op: &Operation, from: OperationStatus) -> Result<bool> {
+                let done = sqlx::query(
                     "UPDATE operations SET status = $2, active_key = $3, progress = $4, message = $5, result = $6, \
-                     error_code = $7, error = $8, updated_at = $9 WHERE id = $1",
+                     error_code = $7, error = $8, updated_at = $9 WHERE id = $1 AND status = $10",
                 )
                 .bind(&op.id)
                 .bind(op.status.as_str())
@@ -852,9 +881,10 @@ macro_rules! impl_store {
                 .bind(op.error_code.map(OperationError::as_str))
                 .bind(&op.error)
                 .bind(op.updated_at.trunc_subsecs(6))
+                .bind(from.as_str())
                 .execute(&self.pool)
                 .await?;
-                Ok(())
+                Ok(done.rows_affected() == 1)
             }
 
             async fn list_operations(
