@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
-use breakwater_services::sandboxes::LiveFeed;
+use breakwater_services::sandboxes::{LiveEnd, LiveFeed};
 
 use crate::access::{Routes, VIEWER};
 use crate::gateway_routes::gateway_name;
@@ -21,6 +21,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// internal error for a feed that ended on our side.
 const CLOSE_TOO_SLOW: u16 = 1008;
 const CLOSE_ENDED: u16 = 1011;
+/// Normal closure: the sandbox is gone, there is nothing more to watch.
+const CLOSE_NORMAL: u16 = 1000;
 
 pub(crate) fn routes() -> Routes {
     Routes::new().get("/ws/{gw}/{sandbox}", VIEWER, live)
@@ -45,10 +47,10 @@ async fn relay(mut socket: WebSocket, mut feed: LiveFeed) {
         tokio::select! {
             frame = feed.next() => {
                 let Some(frame) = frame else {
-                    let (code, reason) = if feed.overflowed() {
-                        (CLOSE_TOO_SLOW, "too slow: the live queue overflowed; reconnect")
-                    } else {
-                        (CLOSE_ENDED, "the live feed ended")
+                    let (code, reason) = match feed.end() {
+                        LiveEnd::Overflowed => (CLOSE_TOO_SLOW, "too slow: the live queue overflowed; reconnect"),
+                        LiveEnd::SandboxGone => (CLOSE_NORMAL, "the sandbox was deleted"),
+                        LiveEnd::Other => (CLOSE_ENDED, "the live feed ended"),
                     };
                     let close = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
                     let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(close)).await;

@@ -73,6 +73,32 @@ async fn a_delete_through_breakwater_is_announced() {
     assert_eq!(app.delete("/api/gateways/gw/sandboxes/agent-1").await.0, 200);
     let gone = until(&mut ws, |f| f["data"]["event"]["type"] == "sandbox_deleted").await;
     assert_eq!(gone.last().unwrap()["data"]["event"]["sandbox"], "agent-1");
+    // Then the socket closes normally, saying why, instead of retrying.
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(msg) = ws.next().await {
+            if let Ok(Message::Close(frame)) = msg {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed in time")
+    .expect("a close frame");
+    assert_eq!(u16::from(close.code), 1000);
+    assert!(close.reason.contains("deleted"), "{close:?}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn status_frames_carry_breakwaters_labels_and_description_like_get() {
+    let (app, s) = setup().await;
+    let patch = json!({"description": "kept here", "labels": {"team": "ml"}});
+    assert_eq!(app.patch("/api/gateways/gw/sandboxes/agent-1", &patch).await.0, 200);
+    let mut ws = connect(&app, "/ws/gw/agent-1").await;
+    let status = until(&mut ws, |f| f["type"] == "status").await.pop().unwrap();
+    assert_eq!(status["data"]["description"], "kept here", "{status}");
+    assert_eq!(status["data"]["labels"], json!({"team": "ml"}), "{status}");
     s.shutdown().await;
 }
 

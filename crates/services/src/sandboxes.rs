@@ -25,7 +25,7 @@ use crate::{
 };
 
 mod live;
-pub use live::{LiveFeed, LiveFrame, LiveSettings};
+pub use live::{LiveEnd, LiveFeed, LiveFrame, LiveSettings};
 
 /// An exec without `timeout_seconds` gets this much.
 pub const EXEC_DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);

@@ -8,7 +8,7 @@
 //! re-opened after a pause when the gateway ends or breaks it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use breakwater_domain::registry::GatewayName;
@@ -63,23 +63,42 @@ impl Default for LiveSettings {
     }
 }
 
+/// Why a live feed ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveEnd {
+    /// The reader fell behind and its queue filled.
+    Overflowed,
+    /// The sandbox was deleted (or is gone from the gateway).
+    SandboxGone,
+    /// Anything else (the server is stopping, the reader left).
+    Other,
+}
+
+const END_OTHER: u8 = 0;
+const END_OVERFLOWED: u8 = 1;
+const END_GONE: u8 = 2;
+
 /// A live view being fed. Dropping it stops the feeding task.
 pub struct LiveFeed {
     rx: mpsc::Receiver<LiveFrame>,
-    overflowed: Arc<AtomicBool>,
+    end: Arc<AtomicU8>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl LiveFeed {
-    /// The next frame; `None` once the feed ended (see [`LiveFeed::overflowed`]).
+    /// The next frame; `None` once the feed ended (see [`LiveFeed::end`]).
     pub async fn next(&mut self) -> Option<LiveFrame> {
         self.rx.recv().await
     }
 
-    /// Whether the feed ended because its reader fell behind.
+    /// Why the feed ended (meaningful once `next` gave `None`).
     #[must_use]
-    pub fn overflowed(&self) -> bool {
-        self.overflowed.load(Ordering::SeqCst)
+    pub fn end(&self) -> LiveEnd {
+        match self.end.load(Ordering::SeqCst) {
+            END_OVERFLOWED => LiveEnd::Overflowed,
+            END_GONE => LiveEnd::SandboxGone,
+            _ => LiveEnd::Other,
+        }
     }
 }
 
@@ -119,9 +138,9 @@ impl SandboxService {
         let (tx, rx) = mpsc::channel(self.live.queue.max(1));
         // Subscribed before the task starts, so news from now on is not missed.
         let bus = self.policies.events().subscribe();
-        let overflowed = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(self.clone().pump(gw.clone(), sb.clone(), tx, bus, overflowed.clone()));
-        Ok(LiveFeed { rx, overflowed, task })
+        let end = Arc::new(AtomicU8::new(END_OTHER));
+        let task = tokio::spawn(self.clone().pump(gw.clone(), sb.clone(), tx, bus, end.clone()));
+        Ok(LiveFeed { rx, end, task })
     }
 
     async fn pump(
@@ -130,16 +149,17 @@ impl SandboxService {
         sb: SandboxName,
         tx: mpsc::Sender<LiveFrame>,
         mut bus: tokio::sync::broadcast::Receiver<Event>,
-        overflowed: Arc<AtomicBool>,
+        end: Arc<AtomicU8>,
     ) {
         let send = |f: LiveFrame| match tx.try_send(f) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
-                overflowed.store(true, Ordering::SeqCst);
+                end.store(END_OVERFLOWED, Ordering::SeqCst);
                 false
             }
             Err(TrySendError::Closed(_)) => false,
         };
+        let gone = || end.store(END_GONE, Ordering::SeqCst);
         let settings = self.live;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + settings.heartbeat, settings.heartbeat);
         let mut stream: Option<BoxStream<'static, breakwater_gateway::Result<WatchEvent>>> = None;
@@ -163,6 +183,11 @@ impl SandboxService {
                         // A reconnect must not replay lines the reader has seen.
                         log_tail = 0;
                     }
+                    // Deleted while watched: nothing more will come.
+                    Err(crate::ServiceError::Gateway(breakwater_gateway::GatewayError::NotFound { .. })) => {
+                        gone();
+                        return;
+                    }
                     Err(e) => {
                         reconnect_at = Instant::now() + settings.retry;
                         if !send(LiveFrame::Error { message: format!("watching the sandbox failed: {e}; retrying") }) {
@@ -179,6 +204,16 @@ impl SandboxService {
                     }
                 } => {
                     let ok = match item {
+                        // Status as GET shows it: with the labels and
+                        // description Breakwater keeps.
+                        Some(Ok(WatchEvent::Sandbox(mut status))) => {
+                            if let Ok(Some(m)) =
+                                self.gateways.store().get_sandbox_metadata(gw.as_str(), sb.as_str()).await
+                            {
+                                m.apply_to(&mut status);
+                            }
+                            send(LiveFrame::Status(status))
+                        }
                         Some(Ok(event)) => send(frame(event)),
                         Some(Err(e)) => {
                             stream = None;
@@ -198,7 +233,12 @@ impl SandboxService {
                 () = tokio::time::sleep_until(reconnect_at), if stream.is_none() => {}
                 news = bus.recv() => match news {
                     Ok(e) if e.concerns(gw.as_str(), sb.as_str()) => {
+                        let deleted = matches!(e, Event::SandboxDeleted { .. });
                         if !send(LiveFrame::Event(serde_json::json!({"source": "breakwater", "event": e}))) {
+                            return;
+                        }
+                        if deleted {
+                            gone();
                             return;
                         }
                     }
