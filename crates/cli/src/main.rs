@@ -19,8 +19,8 @@ use breakwater_gateway::Gateway;
 use breakwater_server::{AppState, AuthMode, HostGuard};
 use breakwater_services::{
     Actor, ApprovalService, AuditService, EventBus, GatewayService, IdentityService, IdentitySettings,
-    LocalGatewayManager, LocalTools, MonitorSettings, OperationService, PolicyService, ProviderService,
-    RegisterGateway, SandboxService,
+    LocalGatewayManager, LocalTools, MonitorSettings, OidcConfig, OidcService, OidcSettings, OperationService,
+    PolicyService, ProviderService, RegisterGateway, SandboxService,
 };
 use breakwater_store::{PgStore, SecretCipher, SqliteStore, Store};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -226,6 +226,10 @@ struct ServerArgs {
     /// Loopback names are always allowed on a loopback bind.
     #[arg(long = "allowed-host", env = "BREAKWATER_ALLOWED_HOSTS", value_delimiter = ',')]
     allowed_hosts: Vec<String>,
+    /// Sign-in with OIDC providers: a JSON file with `public_url` and
+    /// `providers` (client secrets come from the file or variable each names).
+    #[arg(long, env = "BREAKWATER_OIDC_CONFIG")]
+    oidc_config: Option<PathBuf>,
     /// A directory of site-specific policy presets (`*.yaml`, same format as
     /// the built-in ones; a file named like a built-in replaces it).
     #[arg(long, env = "BREAKWATER_PRESETS_DIR")]
@@ -298,6 +302,13 @@ impl ServerArgs {
         }
         self.monitor()?;
         Ok(())
+    }
+
+    /// The OIDC providers, read (with their secrets) from `--oidc-config`.
+    fn oidc(&self) -> anyhow::Result<Option<OidcConfig>> {
+        let Some(path) = &self.oidc_config else { return Ok(None) };
+        let config = OidcConfig::load(path, |var| std::env::var(var).ok()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Some(config))
     }
 
     fn monitor(&self) -> anyhow::Result<MonitorSettings> {
@@ -442,6 +453,7 @@ fn config_show(args: &ServerArgs) -> anyhow::Result<()> {
         "trusted_proxies": args.trusted_proxies,
         "rate_limit_per_minute": args.rate_limit,
         "admin_bootstrap": args.admin_email.as_ref().map(|e| format!("{e} (password REDACTED)")),
+        "oidc": args.oidc()?.map(|c| c.redacted()),
     });
     println!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(())
@@ -654,6 +666,14 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
         }
         AuthMode::Enabled { secure_cookies: args.secure_cookies }
     };
+    let oidc = OidcService::new(
+        store.clone(),
+        identity.clone(),
+        audit.clone(),
+        args.oidc()?.unwrap_or_default(),
+        OidcSettings::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("--oidc-config: {e}"))?;
     let state = AppState {
         store,
         gateways,
@@ -665,6 +685,7 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
         sandboxes,
         providers,
         identity,
+        oidc,
         auth,
         routes: breakwater_server::RouteTable::default(),
         hsts: args.hsts,

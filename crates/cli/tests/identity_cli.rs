@@ -114,3 +114,33 @@ fn config_show_prints_no_secret() {
     }
     assert!(text.contains("REDACTED"), "{text}");
 }
+
+#[test]
+fn config_show_lists_oidc_providers_without_their_client_secrets() {
+    let data = tempfile::tempdir().unwrap();
+    let secret_file = data.path().join("corp.secret");
+    std::fs::write(&secret_file, "file-canary-oidc-secret\n").unwrap();
+    let config = data.path().join("oidc.json");
+    let providers = serde_json::json!({"public_url": "https://bw.example.com", "providers": [
+        {"name": "corp", "display_name": "Corp SSO", "issuer": "https://idp.example.com", "client_id": "bw",
+         "client_secret_file": secret_file, "role_claim": "groups", "role_mapping": {"bw-admins": "admin"}},
+        {"name": "lab", "issuer": "https://lab.example.com", "client_id": "bw-lab",
+         "client_secret_env": "LAB_OIDC_SECRET", "client_auth": "client_secret_post"}]});
+    std::fs::write(&config, providers.to_string()).unwrap();
+    let config = config.to_str().unwrap();
+    let out =
+        bw(data.path(), &["config", "show", "--oidc-config", config], &[("LAB_OIDC_SECRET", "env-canary-oidc-secret")]);
+    let text = ok(&out);
+    for secret in ["file-canary-oidc-secret", "env-canary-oidc-secret"] {
+        assert!(!text.contains(secret), "{secret} shown: {text}");
+    }
+    let shown: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let oidc = &shown["oidc"]["providers"];
+    assert_eq!(oidc[0]["name"], "corp");
+    assert_eq!(oidc[0]["client_secret"], "REDACTED");
+    assert_eq!(oidc[1]["client_auth"], "client_secret_post");
+    // A provider whose secret variable is unset is a configuration error.
+    let unset = bw(data.path(), &["config", "show", "--oidc-config", config], &[]);
+    assert!(!unset.status.success());
+    assert!(String::from_utf8_lossy(&unset.stderr).contains("LAB_OIDC_SECRET"), "{unset:?}");
+}

@@ -204,6 +204,25 @@ pub struct Session {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A sign-in with an identity provider between the redirect to it and the
+/// callback. Kept in the store (not in one process) so any replica can take
+/// the callback; the `state` and the browser binding are stored as digests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OidcLogin {
+    /// SHA-256 (hex) of the `state` parameter.
+    pub state_hash: String,
+    pub provider: String,
+    /// SHA-256 (hex) of the random value in the browser's short-lived cookie.
+    pub browser_hash: String,
+    pub nonce: String,
+    /// The PKCE verifier: a secret until the code is exchanged.
+    pub code_verifier: crate::Secret,
+    /// Where the browser goes after signing in (a checked local path).
+    pub next: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ use breakwater_domain::access::{Group, PrincipalKind, Role, ServicePrincipal, Us
 use breakwater_domain::registry::FieldPatch;
 use breakwater_services::Principal;
 use breakwater_services::identity::Issued;
+use breakwater_services::oidc::{OidcCallback, OidcProviderInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::access::{ADMIN, PUBLIC, Routes};
@@ -28,6 +29,8 @@ pub(crate) fn routes() -> Routes {
         .post("/api/auth/register", PUBLIC, register)
         .get("/api/auth/check", PUBLIC, check)
         .get("/api/auth/oidc/providers", PUBLIC, oidc_providers)
+        .get("/api/auth/oidc/login/{provider}", PUBLIC, oidc_login)
+        .get("/api/auth/oidc/callback", PUBLIC, oidc_callback)
         .get("/api/auth/users", ADMIN, list_users)
         .post("/api/auth/users", ADMIN, create_user)
         .patch("/api/auth/users/{id}", ADMIN, update_user)
@@ -184,16 +187,19 @@ async fn login(
     signed_in(&state, &body.email, &Secret::new(body.password), caller.client_ip, q.get("next")).await
 }
 
-async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    let token = headers
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|p| p.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
-        .map(|(_, v)| v.to_owned());
-    if let Some(t) = token {
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    if let Some(t) = cookie(&headers, SESSION_COOKIE) {
         state.identity.logout(&Secret::new(t)).await?;
     }
     Ok(([(header::SET_COOKIE, session_cookie(&state, "", 0))], Json(serde_json::json!({"ok": true}))).into_response())
@@ -224,12 +230,77 @@ async fn check(
         "needs_setup": needs_setup,
         "registration_enabled": state.registration && !local,
         "local_mode": local,
-        "oidc_providers": [],
+        "oidc_providers": if local { Vec::new() } else { state.oidc.providers() },
     })))
 }
 
-async fn oidc_providers() -> Json<Vec<serde_json::Value>> {
-    Json(Vec::new())
+async fn oidc_providers(State(state): State<AppState>) -> Json<Vec<OidcProviderInfo>> {
+    Json(if state.auth == AuthMode::Local { Vec::new() } else { state.oidc.providers() })
+}
+
+/// Binds a sign-in in flight to the browser that started it: only its
+/// digest is stored, and the callback must bring the cookie back. `Lax`
+/// because the provider sends the browser back with a top-level GET.
+const OIDC_COOKIE: &str = "bw_oidc";
+
+fn oidc_cookie(state: &AppState, value: &str, max_age: u64) -> HeaderValue {
+    let secure = matches!(state.auth, AuthMode::Enabled { secure_cookies: true });
+    let value = format!(
+        "{OIDC_COOKIE}={value}; HttpOnly; SameSite=Lax; Path=/api/auth/oidc; Max-Age={max_age}{}",
+        if secure { "; Secure" } else { "" }
+    );
+    HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static(""))
+}
+
+fn redirect(to: &str) -> Response {
+    let location = HeaderValue::from_str(to).unwrap_or(HeaderValue::from_static("/"));
+    (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+}
+
+/// Sends the browser to the provider, with `?next=` kept for after sign-in
+/// (a path on this site only, as for password sign-in).
+async fn oidc_login(State(state): State<AppState>, Path(provider): Path<String>, q: QueryPairs) -> ApiResult<Response> {
+    local_mode(&state)?;
+    let start = state.oidc.begin(&provider, &safe_next(q.get("next"))).await?;
+    let mut resp = redirect(&start.location);
+    let max_age = state.oidc.state_ttl().as_secs();
+    resp.headers_mut().append(header::SET_COOKIE, oidc_cookie(&state, start.browser_token.expose(), max_age));
+    Ok(resp)
+}
+
+/// The provider's redirect back: on success the same session cookie as a
+/// password sign-in and a redirect to `next`; on failure a problem body.
+/// The binding cookie is cleared either way (the state is spent).
+async fn oidc_callback(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    q: QueryPairs,
+    headers: HeaderMap,
+) -> Response {
+    let clear = oidc_cookie(&state, "", 0);
+    let result = async {
+        local_mode(&state)?;
+        let callback = OidcCallback {
+            code: q.get("code").map(str::to_owned),
+            state: q.get("state").map(str::to_owned),
+            error: q.get("error").map(str::to_owned),
+        };
+        let browser = cookie(&headers, OIDC_COOKIE).map(Secret::new);
+        Ok::<_, ApiError>(state.oidc.complete(callback, browser.as_ref(), caller.client_ip).await?)
+    }
+    .await;
+    let mut resp = match result {
+        Ok(done) => {
+            let mut resp = redirect(&done.next);
+            let max_age = state.identity.session_max_age().as_secs();
+            let session = session_cookie(&state, done.session.secret.expose(), max_age);
+            resp.headers_mut().append(header::SET_COOKIE, session);
+            resp
+        }
+        Err(e) => e.into_response(),
+    };
+    resp.headers_mut().append(header::SET_COOKIE, clear);
+    resp
 }
 
 async fn list_users(State(state): State<AppState>) -> ApiResult<Json<Vec<User>>> {

@@ -5,7 +5,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use breakwater_gateway::GatewayError;
-use breakwater_services::{LocalError, ServiceError};
+use breakwater_services::{LocalError, ServiceError, SignInFailure};
 use serde::Serialize;
 
 #[derive(Debug)]
@@ -168,6 +168,20 @@ impl From<ServiceError> for ApiError {
                 let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS", message);
                 e.extra.insert("retry_after".into(), retry_after.into());
                 e
+            }
+            ServiceError::SignIn { reason, message } => {
+                let (status, code) = match reason {
+                    SignInFailure::StateInvalid => (StatusCode::BAD_REQUEST, "OIDC_STATE_INVALID"),
+                    SignInFailure::TokenInvalid => (StatusCode::UNAUTHORIZED, "OIDC_TOKEN_INVALID"),
+                    SignInFailure::ProviderUnknown => (StatusCode::NOT_FOUND, "OIDC_PROVIDER_UNKNOWN"),
+                    SignInFailure::ProviderUnavailable => (StatusCode::BAD_GATEWAY, "OIDC_PROVIDER_UNAVAILABLE"),
+                    SignInFailure::ProviderDenied => (StatusCode::UNAUTHORIZED, "OIDC_PROVIDER_DENIED"),
+                    SignInFailure::EmailMissing => (StatusCode::FORBIDDEN, "OIDC_EMAIL_MISSING"),
+                    SignInFailure::EmailUnverified => (StatusCode::FORBIDDEN, "OIDC_EMAIL_UNVERIFIED"),
+                    SignInFailure::AccountExists => (StatusCode::CONFLICT, "OIDC_ACCOUNT_EXISTS"),
+                    SignInFailure::UserInactive => (StatusCode::FORBIDDEN, "OIDC_USER_INACTIVE"),
+                };
+                Self::new(status, code, message)
             }
             ServiceError::Store(s) => {
                 tracing::error!(error = %s, "storage failure");

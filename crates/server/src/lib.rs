@@ -33,7 +33,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use breakwater_services::{
-    ApprovalService, AuditService, GatewayService, IdentityService, LocalGatewayManager, MonitorSettings,
+    ApprovalService, AuditService, GatewayService, IdentityService, LocalGatewayManager, MonitorSettings, OidcService,
     OperationService, PolicyService, ProviderService, SandboxService,
 };
 use breakwater_store::Store;
@@ -61,6 +61,8 @@ pub struct AppState {
     pub sandboxes: SandboxService,
     pub providers: ProviderService,
     pub identity: IdentityService,
+    /// Sign-in with the configured OIDC providers (none: `OidcService::disabled`).
+    pub oidc: OidcService,
     pub auth: AuthMode,
     /// Every route with its least role (filled in by [`router`]).
     pub routes: RouteTable,

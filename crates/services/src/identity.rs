@@ -126,11 +126,11 @@ pub struct Issued<T> {
     pub secret: Secret,
 }
 
-fn digest(secret: &str) -> String {
+pub(crate) fn digest(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-fn random_token(prefix: &str) -> String {
+pub(crate) fn random_token(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
@@ -209,7 +209,7 @@ impl IdentityService {
         Ok(())
     }
 
-    fn new_user(email: &Email, role: Role) -> User {
+    pub(crate) fn new_user(email: &Email, role: Role) -> User {
         let now = Utc::now();
         User {
             id: uuid::Uuid::new_v4().to_string(),
@@ -409,6 +409,20 @@ impl IdentityService {
             user.updated_at = now;
             self.0.store.save_user(&user).await?;
         }
+        self.open_session(user, client_ip, serde_json::json!({})).await
+    }
+
+    /// A new session for a user who has proved who they are (a password or
+    /// an identity provider), audited as `auth.login` with `details`. Every
+    /// way of signing in ends here, so sessions behave the same whatever
+    /// opened them.
+    pub(crate) async fn open_session(
+        &self,
+        user: User,
+        client_ip: Option<String>,
+        details: serde_json::Value,
+    ) -> Result<Issued<User>> {
+        let now = Utc::now();
         let token = random_token(SESSION_PREFIX);
         let session = Session {
             user_id: user.id.clone(),
@@ -418,7 +432,7 @@ impl IdentityService {
         };
         self.0.store.insert_session(&digest(&token), &session).await?;
         let actor = Actor { name: user.email.clone(), role: user.role.as_str().into(), client_ip };
-        self.0.audit.log(&actor, "auth.login", "user", &user.id, None, serde_json::json!({})).await;
+        self.0.audit.log(&actor, "auth.login", "user", &user.id, None, details).await;
         Ok(Issued { item: user, secret: Secret::new(token) })
     }
 
@@ -540,7 +554,7 @@ impl IdentityService {
     }
 
     /// Would this change leave no active admin? Then it is refused.
-    async fn keeps_an_admin(&self, user: &User, role: Role, active: bool) -> Result<()> {
+    pub(crate) async fn keeps_an_admin(&self, user: &User, role: Role, active: bool) -> Result<()> {
         let was_admin = user.role == Role::Admin && user.active;
         let stays_admin = role == Role::Admin && active;
         if was_admin && !stays_admin && self.0.store.count_active_admins().await? <= 1 {

@@ -10,6 +10,7 @@ pub mod gateways;
 pub mod identity;
 pub mod import;
 pub mod local;
+pub mod oidc;
 pub mod operations;
 pub mod policy;
 pub mod providers;
@@ -28,6 +29,7 @@ pub use gateways::{ConnectionTest, GatewayInfoView, GatewayService, MonitorSetti
 pub use identity::{Authenticated, IdentityService, IdentitySettings, Principal};
 pub use import::{ImportProblem, ImportReport, default_openshell_config_dir};
 pub use local::{CreateLocalGateway, Diagnostics, LocalActionResult, LocalError, LocalGatewayManager, LocalTools};
+pub use oidc::{OidcConfig, OidcService, OidcSettings, SignInFailure};
 pub use operations::{IdempotencyKey, NewOperation, OperationService};
 pub use policy::{PolicyService, PolicyView, WriteOutcome, WriteStatus};
 pub use providers::ProviderService;
@@ -100,6 +102,9 @@ pub enum ServiceError {
     /// Too many attempts; try again after `retry_after` seconds.
     #[error("{message}")]
     Throttled { message: String, retry_after: u64 },
+    /// A sign-in with an identity provider failed; `reason` says at which check.
+    #[error("{message}")]
+    SignIn { reason: oidc::SignInFailure, message: String },
 }
 
 impl From<StoreError> for ServiceError {

@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use breakwater_domain::access::{Grants, Group, GroupGrant, PrincipalKind, Role, ServicePrincipal, Session, User};
+use breakwater_domain::access::{
+    Grants, Group, GroupGrant, OidcLogin, PrincipalKind, Role, ServicePrincipal, Session, User,
+};
 use breakwater_domain::approval::{ApprovalWorkflow, ChunkAction, Decision, PolicyPin, Vote};
 use breakwater_domain::operation::{Operation, OperationError, OperationStatus};
 use breakwater_domain::registry::{
@@ -251,6 +253,19 @@ pub trait Store: Send + Sync {
     ) -> Result<()>;
     /// Uses an invite once: its email, if it is unused and unexpired.
     async fn take_invite(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<String>>;
+
+    /// Inserts a user linked to an identity provider's subject (no
+    /// password). `Conflict` when the email or the link is taken.
+    async fn insert_oidc_user(&self, user: &User, subject: &str) -> Result<()>;
+    /// The user linked to `(provider, subject)`, if any.
+    async fn user_by_oidc(&self, provider: &str, subject: &str) -> Result<Option<User>>;
+    /// Records a sign-in in flight (the verifier is sealed here) and drops
+    /// those that expired before `login.created_at`.
+    async fn insert_oidc_login(&self, login: &OidcLogin) -> Result<()>;
+    /// Takes (deletes and returns) the sign-in with this state digest, if it
+    /// exists and has not expired at `now`. Taking is atomic, so a state is
+    /// used at most once across replicas.
+    async fn take_oidc_login(&self, state_hash: &str, now: DateTime<Utc>) -> Result<Option<OidcLogin>>;
 
     /// A duplicate name is a conflict.
     async fn insert_group(&self, group: &Group) -> Result<()>;
@@ -1283,6 +1298,87 @@ macro_rules! impl_store {
                 Ok(email)
             }
 
+            async fn insert_oidc_user(&self, u: &User, subject: &str) -> Result<()> {
+                let done = sqlx::query(
+                    "INSERT INTO users (id, email, password_hash, role, active, failed_logins, \
+                     oidc_provider, oidc_subject, created_at, updated_at) VALUES ($1, $2, NULL, $3, $4, 0, $5, $6, $7, $8)",
+                )
+                .bind(&u.id)
+                .bind(&u.email)
+                .bind(u.role.as_str())
+                .bind(u.active)
+                .bind(&u.oidc_provider)
+                .bind(subject)
+                .bind(u.created_at.trunc_subsecs(6))
+                .bind(u.updated_at.trunc_subsecs(6))
+                .execute(&self.pool)
+                .await;
+                match done {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                        Err(StoreError::Conflict(format!("user {}", u.email)))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn user_by_oidc(&self, provider: &str, subject: &str) -> Result<Option<User>> {
+                let row = sqlx::query(&format!("{USER_SELECT} WHERE oidc_provider = $1 AND oidc_subject = $2"))
+                    .bind(provider)
+                    .bind(subject)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| user_from_row(&r)).transpose()
+            }
+
+            async fn insert_oidc_login(&self, l: &OidcLogin) -> Result<()> {
+                let sealed = self.cipher.encrypt(l.code_verifier.expose().as_bytes())?;
+                sqlx::query("DELETE FROM oidc_logins WHERE expires_at <= $1")
+                    .bind(l.created_at.trunc_subsecs(6))
+                    .execute(&self.pool)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO oidc_logins (state_hash, provider, browser_hash, nonce, code_verifier_enc, next, \
+                     created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&l.state_hash)
+                .bind(&l.provider)
+                .bind(&l.browser_hash)
+                .bind(&l.nonce)
+                .bind(sealed)
+                .bind(&l.next)
+                .bind(l.created_at.trunc_subsecs(6))
+                .bind(l.expires_at.trunc_subsecs(6))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn take_oidc_login(&self, state_hash: &str, at: DateTime<Utc>) -> Result<Option<OidcLogin>> {
+                let row = sqlx::query(
+                    "DELETE FROM oidc_logins WHERE state_hash = $1 RETURNING state_hash, provider, browser_hash, \
+                     nonce, code_verifier_enc, next, created_at, expires_at",
+                )
+                .bind(state_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                let sealed: Vec<u8> = row.try_get("code_verifier_enc")?;
+                let verifier = String::from_utf8(self.cipher.decrypt(&sealed)?)
+                    .map_err(|_| StoreError::Corrupt("oidc code verifier".into()))?;
+                let login = OidcLogin {
+                    state_hash: row.try_get("state_hash")?,
+                    provider: row.try_get("provider")?,
+                    browser_hash: row.try_get("browser_hash")?,
+                    nonce: row.try_get("nonce")?,
+                    code_verifier: Secret::new(verifier),
+                    next: row.try_get("next")?,
+                    created_at: row.try_get("created_at")?,
+                    expires_at: row.try_get("expires_at")?,
+                };
+                Ok((login.expires_at > at).then_some(login))
+            }
+
             async fn insert_group(&self, g: &Group) -> Result<()> {
                 let done = sqlx::query("INSERT INTO groups (id, name, role, description, created_at) VALUES ($1, $2, $3, $4, $5)")
                     .bind(&g.id)
@@ -1607,6 +1703,9 @@ macro_rules! impl_store {
                         .execute(&mut *tx)
                         .await?;
                 }
+                // Sign-ins in flight live minutes; dropping them is simpler
+                // than re-sealing, and the person just starts again.
+                sqlx::query("DELETE FROM oidc_logins").execute(&mut *tx).await?;
                 let audit = hex::encode(new.encrypt(&self.audit_key)?);
                 sqlx::query(
                     "INSERT INTO store_meta (key, value) VALUES ('audit_key', $1) \

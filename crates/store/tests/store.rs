@@ -454,3 +454,48 @@ async fn rotating_the_server_key_reseals_secrets_and_keeps_the_audit_chain_key()
     assert_eq!(g.bearer_token.unwrap().expose(), "token-sekrit");
     assert_eq!(pg.audit_key(), pg_chain);
 }
+
+#[tokio::test]
+async fn oidc_users_are_found_by_link_and_sign_ins_in_flight_are_taken_once() {
+    use breakwater_domain::access::{OidcLogin, Role, User};
+    for t in both().await {
+        let s = &t.store;
+        let now = chrono::Utc::now();
+        let user = |id: &str, email: &str| User {
+            id: id.into(),
+            email: email.into(),
+            role: Role::Viewer,
+            active: true,
+            locked_until: None,
+            failed_logins: 0,
+            oidc_provider: Some("corp".into()),
+            created_at: now,
+            updated_at: now,
+        };
+        s.insert_oidc_user(&user("o1", "carol@example.com"), "sub-1").await.unwrap();
+        let again = s.insert_oidc_user(&user("o2", "other@example.com"), "sub-1").await.unwrap_err();
+        assert!(matches!(again, StoreError::Conflict(_)), "{}: the link is unique: {again:?}", t.backend);
+        assert_eq!(s.user_by_oidc("corp", "sub-1").await.unwrap().unwrap().id, "o1");
+        assert!(s.user_by_oidc("other", "sub-1").await.unwrap().is_none());
+        let (_, hash) = s.user_by_email("carol@example.com").await.unwrap().unwrap();
+        assert!(hash.is_none(), "an OIDC account has no password");
+
+        let login = |state: &str, ttl: i64| OidcLogin {
+            state_hash: state.into(),
+            provider: "corp".into(),
+            browser_hash: "b".into(),
+            nonce: "n".into(),
+            code_verifier: Secret::new("the-verifier-value"),
+            next: "/x".into(),
+            created_at: now,
+            expires_at: now + chrono::Duration::seconds(ttl),
+        };
+        s.insert_oidc_login(&login("live", 600)).await.unwrap();
+        s.insert_oidc_login(&login("stale", -1)).await.unwrap();
+        let taken = s.take_oidc_login("live", now).await.unwrap().unwrap();
+        assert_eq!(taken.code_verifier.expose(), "the-verifier-value", "{}", t.backend);
+        assert_eq!(taken.next, "/x");
+        assert!(s.take_oidc_login("live", now).await.unwrap().is_none(), "{}: used once", t.backend);
+        assert!(s.take_oidc_login("stale", now).await.unwrap().is_none(), "{}: expired", t.backend);
+    }
+}

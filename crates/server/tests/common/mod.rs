@@ -59,6 +59,31 @@ pub async fn spawn_app_limited(
     rate_limit: u32,
     trusted_proxies: &[&str],
 ) -> TestApp {
+    spawn_app_inner(store, monitor_interval, tools, auth, rate_limit, trusted_proxies, None).await
+}
+
+/// The OIDC configuration of a test server, made once its address is known
+/// (the providers' redirect URI is under it).
+pub type OidcSetup = Box<dyn FnOnce(&str) -> (breakwater_services::OidcConfig, breakwater_services::OidcSettings)>;
+
+/// A server that requires sign-in and offers the OIDC providers `oidc` makes.
+pub async fn spawn_app_oidc(store: TestStore, oidc: OidcSetup) -> TestApp {
+    let auth = breakwater_server::AuthMode::Enabled { secure_cookies: false };
+    spawn_app_inner(store, Duration::from_secs(60), LocalTools::default(), auth, 0, &[], Some(oidc)).await
+}
+
+async fn spawn_app_inner(
+    store: TestStore,
+    monitor_interval: Duration,
+    tools: LocalTools,
+    auth: breakwater_server::AuthMode,
+    rate_limit: u32,
+    trusted_proxies: &[&str],
+    oidc: Option<OidcSetup>,
+) -> TestApp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
     let audit = AuditService::new(store.store.clone());
     let gateways = GatewayService::new(store.store.clone(), audit.clone());
     let monitor =
@@ -86,6 +111,20 @@ pub async fn spawn_app_limited(
             log_tail: 50,
         });
     let providers = breakwater_services::ProviderService::new(gateways.clone());
+    let identity = breakwater_services::IdentityService::new(
+        store.store.clone(),
+        AuditService::new(store.store.clone()),
+        breakwater_services::IdentitySettings::for_tests(),
+    );
+    let (oidc_config, oidc_settings) = oidc.map(|make| make(&base)).unwrap_or_default();
+    let oidc = breakwater_services::OidcService::new(
+        store.store.clone(),
+        identity.clone(),
+        audit.clone(),
+        oidc_config,
+        oidc_settings,
+    )
+    .unwrap();
     let state = AppState {
         store: store.store.clone(),
         gateways,
@@ -96,11 +135,8 @@ pub async fn spawn_app_limited(
         operations: operations.clone(),
         sandboxes,
         providers,
-        identity: breakwater_services::IdentityService::new(
-            store.store.clone(),
-            AuditService::new(store.store.clone()),
-            breakwater_services::IdentitySettings::for_tests(),
-        ),
+        identity,
+        oidc,
         auth,
         routes: breakwater_server::RouteTable::default(),
         hsts: false,
@@ -115,13 +151,11 @@ pub async fn spawn_app_limited(
         monitor,
         started: Instant::now(),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
     let shutdown = stop.clone();
     tokio::spawn(async move {
         breakwater_server::serve(listener, state, async move { shutdown.cancelled().await }).await.unwrap();
     });
-    TestApp { base: format!("http://{addr}"), http: reqwest::Client::new(), store, stop, operations }
+    TestApp { base, http: reqwest::Client::new(), store, stop, operations }
 }
 
 pub async fn sim() -> Sim {
