@@ -467,6 +467,8 @@ async fn rotate_key(store: &StoreArgs, new_key: Option<String>) -> anyhow::Resul
     }
     let new_key = new_key.unwrap_or_else(SecretCipher::generate_key);
     let new = SecretCipher::from_base64(&new_key).context("--new-key")?;
+    // A running server keeps the old key in memory: rotate with it stopped.
+    let _lock = if store.database_url.is_none() { Some(lock_data_dir(&data_dir)?) } else { None };
     let db = open_store(store, &data_dir).await?;
     let n = db.rotate_key(&new).await.map_err(|e| anyhow::anyhow!("re-encrypting: {e}"))?;
     if store.secret_key.is_some() {
@@ -597,6 +599,46 @@ struct Running {
     state: AppState,
     stop: CancellationToken,
     monitor: tokio::task::JoinHandle<()>,
+    /// Held while serving from an embedded database (released on exit).
+    _lock: Option<std::fs::File>,
+}
+
+/// One server per SQLite data directory: a second one would fail the first
+/// one's operations as orphans at its start and race it on every write.
+/// Several replicas share PostgreSQL instead. The lock is the kernel's
+/// (`flock`), so a killed server leaves none behind.
+fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join("breakwater.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let by = if holder.is_empty() { String::new() } else { format!(" (pid {holder})") };
+            bail!(
+                "another breakwater server is using {}{by}; stop it, or give this one its own --data-dir \
+                 (several replicas need PostgreSQL: --database-url)",
+                data_dir.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 async fn open_store(args: &StoreArgs, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
@@ -619,6 +661,7 @@ async fn open_store(args: &StoreArgs, data_dir: &std::path::Path) -> anyhow::Res
 }
 
 async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<Running> {
+    let lock = if args.store.database_url.is_none() { Some(lock_data_dir(data_dir)?) } else { None };
     let store = open_store(&args.store, data_dir).await?;
     let audit = AuditService::new(store.clone());
     let gateways = GatewayService::new(store.clone(), audit.clone());
@@ -698,7 +741,7 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
         monitor: monitor_settings,
         started: Instant::now(),
     };
-    Ok(Running { state, stop, monitor })
+    Ok(Running { state, stop, monitor, _lock: lock })
 }
 
 async fn shutdown_signal() {

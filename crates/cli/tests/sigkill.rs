@@ -1,6 +1,7 @@
 //! S13 end to end: the real `breakwater serve` is killed with SIGKILL while
 //! ten sandbox creates run, then started again on the same data directory.
-//! No operation may be left pending or running.
+//! No operation may be left pending or running. Also: one server per
+//! SQLite data directory.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -104,4 +105,23 @@ async fn s13_sigkill_during_ten_creates_then_restart_leaves_none_pending_or_runn
     let again: Value = r.json().await.unwrap();
     assert_ne!(again["code"], "PRECONDITION_FAILED", "{again}");
     sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_sqlite_directory_refuses_to_start() {
+    let data = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let first = start(data.path(), free_port(), &http).await;
+    let second = Command::new(env!("CARGO_BIN_EXE_breakwater"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--port", &free_port().to_string(), "--no-auth"])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another breakwater server is using"), "{err}");
+    assert!(err.contains(&format!("pid {}", first.0.id())), "names the holder: {err}");
+    drop(first);
 }
