@@ -11,7 +11,7 @@ use prost::Message;
 use tonic::Code;
 
 /// Cap for upstream text we pass on.
-const MAX_UPSTREAM_CHARS: usize = 300;
+pub(crate) const MAX_UPSTREAM_CHARS: usize = 300;
 
 /// What is wrong with a certificate in the TLS handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
