@@ -740,6 +740,7 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
         list_cache: Arc::default(),
         monitor: monitor_settings,
         started: Instant::now(),
+        closing: tokio_util::sync::CancellationToken::new(),
     };
     Ok(Running { state, stop, monitor, _lock: lock })
 }

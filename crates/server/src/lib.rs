@@ -78,6 +78,10 @@ pub struct AppState {
     pub list_cache: Arc<gateway_routes::ListCache>,
     pub monitor: MonitorSettings,
     pub started: Instant,
+    /// Fired when the server starts to shut down: long-lived responses
+    /// (operation streams, live sockets) end so the graceful shutdown is
+    /// not held open by them.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 /// Every route with its least role.
@@ -206,7 +210,11 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let closing = state.closing.clone();
     axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closing.cancel();
+        })
         .await
 }

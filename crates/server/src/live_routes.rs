@@ -23,6 +23,8 @@ const CLOSE_TOO_SLOW: u16 = 1008;
 const CLOSE_ENDED: u16 = 1011;
 /// Normal closure: the sandbox is gone, there is nothing more to watch.
 const CLOSE_NORMAL: u16 = 1000;
+/// Going away: the server is stopping.
+const CLOSE_GOING_AWAY: u16 = 1001;
 
 pub(crate) fn routes() -> Routes {
     Routes::new().get("/ws/{gw}/{sandbox}", VIEWER, live)
@@ -39,12 +41,18 @@ async fn live(
     // Opened before the upgrade, so an unknown sandbox is a plain 404.
     let feed = state.sandboxes.live(&gw, &sb).await?;
     // Clients only send control frames; anything big is not a client of ours.
-    Ok(upgrade.max_message_size(64 * 1024).on_upgrade(move |socket| relay(socket, feed)))
+    let closing = state.closing.clone();
+    Ok(upgrade.max_message_size(64 * 1024).on_upgrade(move |socket| relay(socket, feed, closing)))
 }
 
-async fn relay(mut socket: WebSocket, mut feed: LiveFeed) {
+async fn relay(mut socket: WebSocket, mut feed: LiveFeed, closing: tokio_util::sync::CancellationToken) {
     loop {
         tokio::select! {
+            () = closing.cancelled() => {
+                let close = Message::Close(Some(CloseFrame { code: CLOSE_GOING_AWAY, reason: "the server is stopping; reconnect".into() }));
+                let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(close)).await;
+                return;
+            }
             frame = feed.next() => {
                 let Some(frame) = frame else {
                     let (code, reason) = match feed.end() {

@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use breakwater_domain::operation::{Operation, OperationStatus};
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use serde::Serialize;
 
 use crate::access::{OPERATOR, Routes, VIEWER};
@@ -69,21 +69,25 @@ async fn stream(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let first = state.operations.get(&id).await?;
     let ops = state.operations.clone();
-    let events = futures::stream::unfold(Some(first), move |last| {
+    // The state now, at once; then each change; the stream ends after the
+    // terminal state.
+    let events = futures::stream::unfold((first, true), move |(last, first_time)| {
         let ops = ops.clone();
         let id = id.clone();
         async move {
-            let last = last?;
-            let event = Event::default().event("operation").json_data(&last).unwrap_or_default();
-            if !last.status.is_active() {
-                // The terminal state was sent; the stream ends after it.
-                return Some((Ok(event), None));
-            }
-            let next = ops.wait_for_change(&id, Some(&last), Duration::from_secs(30)).await.ok();
-            Some((Ok(event), next))
+            let op = if first_time {
+                last
+            } else if last.status.is_active() {
+                ops.wait_for_change(&id, Some(&last), Duration::from_secs(30)).await.ok()?
+            } else {
+                return None;
+            };
+            let event = Event::default().event("operation").json_data(&op).unwrap_or_default();
+            Some((Ok(event), (op, false)))
         }
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    // Ends at shutdown, so a watching client does not hold the server open.
+    Ok(Sse::new(events.take_until(state.closing.clone().cancelled_owned())).keep_alive(KeepAlive::default()))
 }
 
 async fn cancel(

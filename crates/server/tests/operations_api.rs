@@ -79,3 +79,18 @@ async fn list_get_wait_stream_and_cancel() {
     let (_, audit) = app.get("/api/audit?action=operation.cancel").await;
     assert_eq!(audit["total"], 1);
 }
+
+#[tokio::test]
+async fn a_shutdown_ends_open_operation_streams_instead_of_waiting_for_them() {
+    let app = spawn_app(breakwater_store::testing::sqlite().await, Duration::from_secs(60)).await;
+    let op = app.operations.create(&Actor::local_admin(None), new_op("never-ends")).await.unwrap();
+    let mut response = app.http.get(format!("{}/api/operations/{}/stream", app.base, op.id)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let first = response.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("never-ends"), "the state comes first");
+    app.stop.cancel();
+    // The body ends soon after, though the operation is still pending.
+    tokio::time::timeout(Duration::from_secs(5), async { while response.chunk().await.unwrap().is_some() {} })
+        .await
+        .expect("the stream ended with the shutdown");
+}

@@ -150,6 +150,7 @@ async fn spawn_app_inner(
         list_cache: std::sync::Arc::default(),
         monitor,
         started: Instant::now(),
+        closing: tokio_util::sync::CancellationToken::new(),
     };
     let shutdown = stop.clone();
     tokio::spawn(async move {
