@@ -99,9 +99,18 @@ async fn ssh_sessions_s11_stop_start_and_s05_delete() {
     let (_, audit) = app.get("/api/audit?action=sandbox.ssh.create").await;
     assert_eq!(audit["total"], 1);
     assert!(!audit.to_string().contains(&token), "the token never reaches the audit trail");
+    // Another sandbox's path cannot end this sandbox's session.
+    s.seed_sandboxes("default", 1).await.unwrap();
+    let r =
+        app.http.delete(format!("{}{S}/sim-0000/ssh", app.base)).json(&json!({"token": token})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
     let r =
         app.http.delete(format!("{}{S}/agent-1/ssh", app.base)).json(&json!({"token": token})).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    let (_, audit) = app.get("/api/audit?action=sandbox.ssh.revoke").await;
+    assert_eq!(audit["total"], 1, "the refused one changed nothing: {audit}");
+    assert_eq!(audit["entries"][0]["resource_id"], "agent-1", "{audit}");
+    assert_eq!(audit["entries"][0]["detail"]["issued_here"], true, "{audit}");
     // S11: a gateway handing out a host that could inject SSH options is refused.
     s.faults().set_ssh_host_override(Some("evil;ProxyCommand=sh".into()));
     let (status, body) = app.post(&format!("{S}/agent-1/ssh"), &json!({})).await;

@@ -16,6 +16,7 @@ use breakwater_domain::sandbox::{
 use breakwater_domain::templates::{self, SandboxTemplate};
 use breakwater_domain::{LabelSelector, Labels, ProviderName, SandboxName, Secret, WorkspaceName, sanitize};
 use breakwater_gateway::{Gateway, WorkspaceScope};
+use breakwater_store::SshSessionRecord;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
@@ -812,9 +813,28 @@ impl SandboxService {
             "expires_at": session.expires_at,
         });
         self.audit(actor, "sandbox.ssh.create", gw, sb, detail).await;
+        let store = self.gateways.store();
+        let record = SshSessionRecord {
+            token_digest: crate::identity::digest(session.token.expose()),
+            gateway: gw.as_str().to_owned(),
+            sandbox: sb.as_str().to_owned(),
+            created_by: actor.name.clone(),
+            created_at: Utc::now(),
+            expires_at: session.expires_at,
+        };
+        // Remembered so a revoke can be checked against its sandbox; a
+        // failure here only loses that check for this token.
+        if let Err(e) = store.record_ssh_session(&record).await {
+            tracing::warn!(sandbox = %sb, error = %e, "could not remember the SSH session");
+        }
+        let _ = store.delete_expired_ssh_sessions(Utc::now() - chrono::Duration::hours(1)).await;
         Ok(session)
     }
 
+    /// Revokes a session. A token Breakwater issued for another sandbox (or
+    /// gateway) is refused as unknown here, so one sandbox's path cannot end
+    /// another's session; a token issued elsewhere (the OpenShell CLI) is
+    /// passed on, and the audit entry says it was not issued here.
     pub async fn revoke_ssh_session(
         &self,
         actor: &Actor,
@@ -822,8 +842,20 @@ impl SandboxService {
         sb: &SandboxName,
         token: &Secret,
     ) -> Result<DeletionOutcome> {
+        let store = self.gateways.store();
+        let token_digest = crate::identity::digest(token.expose());
+        let issued = store.get_ssh_session(&token_digest).await?;
+        if let Some(r) = &issued
+            && (r.gateway != gw.as_str() || r.sandbox != sb.as_str())
+        {
+            return Err(ServiceError::NotFound { what: format!("SSH session for sandbox {sb} with this token") });
+        }
         let out = self.gateways.with_gateway(gw, |c| async move { c.revoke_ssh_session(token, false).await }).await?;
-        self.audit(actor, "sandbox.ssh.revoke", gw, sb, serde_json::json!({})).await;
+        if issued.is_some() {
+            let _ = store.delete_ssh_session(&token_digest).await;
+        }
+        let detail = serde_json::json!({"issued_here": issued.is_some(), "outcome": out});
+        self.audit(actor, "sandbox.ssh.revoke", gw, sb, detail).await;
         Ok(out)
     }
 

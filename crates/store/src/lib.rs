@@ -85,6 +85,17 @@ pub struct NewGateway {
     pub labels: BTreeMap<String, String>,
 }
 
+/// An SSH session Breakwater issued: which sandbox its token opens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshSessionRecord {
+    pub token_digest: String,
+    pub gateway: String,
+    pub sandbox: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
 /// What [`Store::insert_operation`] did.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OperationInsert {
@@ -296,6 +307,13 @@ pub trait Store: Send + Sync {
     async fn list_sandbox_metadata(&self, gateway: &str) -> Result<Vec<SandboxMetadata>>;
     async fn put_sandbox_metadata(&self, m: &SandboxMetadata) -> Result<()>;
     async fn delete_sandbox_metadata(&self, gateway: &str, sandbox: &str) -> Result<bool>;
+
+    // --- SSH sessions Breakwater issued (by token digest) ---
+    async fn record_ssh_session(&self, s: &SshSessionRecord) -> Result<()>;
+    async fn get_ssh_session(&self, token_digest: &str) -> Result<Option<SshSessionRecord>>;
+    async fn delete_ssh_session(&self, token_digest: &str) -> Result<bool>;
+    /// Forgets sessions that expired before `before`; how many.
+    async fn delete_expired_ssh_sessions(&self, before: DateTime<Utc>) -> Result<u64>;
 }
 
 /// How long to keep retrying while the database is not reachable yet.
@@ -388,6 +406,7 @@ macro_rules! impl_store {
                 let mut tx = self.pool.begin().await?;
                 // What we kept about its sandboxes goes with it.
                 sqlx::query("DELETE FROM sandbox_metadata WHERE gateway = $1").bind(name.as_str()).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM ssh_sessions WHERE gateway = $1").bind(name.as_str()).execute(&mut *tx).await?;
                 let done = sqlx::query("DELETE FROM gateways WHERE name = $1").bind(name.as_str()).execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(done.rows_affected() > 0)
@@ -1613,6 +1632,59 @@ macro_rules! impl_store {
                     .execute(&self.pool)
                     .await?;
                 Ok(done.rows_affected() > 0)
+            }
+
+            async fn record_ssh_session(&self, r: &SshSessionRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO ssh_sessions (token_digest, gateway, sandbox, created_by, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (token_digest) DO NOTHING",
+                )
+                .bind(&r.token_digest)
+                .bind(&r.gateway)
+                .bind(&r.sandbox)
+                .bind(&r.created_by)
+                .bind(r.created_at.trunc_subsecs(6))
+                .bind(r.expires_at.map(|t| t.trunc_subsecs(6)))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn get_ssh_session(&self, token_digest: &str) -> Result<Option<SshSessionRecord>> {
+                let row = sqlx::query(
+                    "SELECT token_digest, gateway, sandbox, created_by, created_at, expires_at FROM ssh_sessions \
+                     WHERE token_digest = $1",
+                )
+                .bind(token_digest)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|r| -> Result<SshSessionRecord> {
+                    Ok(SshSessionRecord {
+                        token_digest: r.try_get("token_digest")?,
+                        gateway: r.try_get("gateway")?,
+                        sandbox: r.try_get("sandbox")?,
+                        created_by: r.try_get("created_by")?,
+                        created_at: r.try_get("created_at")?,
+                        expires_at: r.try_get("expires_at")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn delete_ssh_session(&self, token_digest: &str) -> Result<bool> {
+                let done = sqlx::query("DELETE FROM ssh_sessions WHERE token_digest = $1")
+                    .bind(token_digest)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn delete_expired_ssh_sessions(&self, before: DateTime<Utc>) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM ssh_sessions WHERE expires_at IS NOT NULL AND expires_at < $1")
+                    .bind(before.trunc_subsecs(6))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
             }
 
             async fn chunk_actions(&self, gateway: &str, sandbox: &str) -> Result<Vec<ChunkAction>> {

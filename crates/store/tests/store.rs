@@ -499,3 +499,30 @@ async fn oidc_users_are_found_by_link_and_sign_ins_in_flight_are_taken_once() {
         assert!(s.take_oidc_login("stale", now).await.unwrap().is_none(), "{}: expired", t.backend);
     }
 }
+
+#[tokio::test]
+async fn ssh_sessions_are_found_by_digest_and_expire() {
+    use breakwater_store::SshSessionRecord;
+    use chrono::{Duration, Utc};
+    for t in both().await {
+        let now = Utc::now();
+        let record = |digest: &str, expires: Option<chrono::DateTime<Utc>>| SshSessionRecord {
+            token_digest: digest.to_owned(),
+            gateway: "gw".into(),
+            sandbox: "agent-1".into(),
+            created_by: "alice".into(),
+            created_at: now,
+            expires_at: expires,
+        };
+        t.store.record_ssh_session(&record("live", Some(now + Duration::hours(1)))).await.unwrap();
+        t.store.record_ssh_session(&record("old", Some(now - Duration::hours(2)))).await.unwrap();
+        t.store.record_ssh_session(&record("forever", None)).await.unwrap();
+        let got = t.store.get_ssh_session("live").await.unwrap().unwrap();
+        assert_eq!((got.sandbox.as_str(), got.created_by.as_str()), ("agent-1", "alice"), "{}", t.backend);
+        assert_eq!(t.store.delete_expired_ssh_sessions(now - Duration::hours(1)).await.unwrap(), 1, "{}", t.backend);
+        assert!(t.store.get_ssh_session("old").await.unwrap().is_none());
+        assert!(t.store.get_ssh_session("forever").await.unwrap().is_some());
+        assert!(t.store.delete_ssh_session("live").await.unwrap());
+        assert!(!t.store.delete_ssh_session("live").await.unwrap());
+    }
+}
