@@ -20,6 +20,7 @@ pub mod registry;
 pub mod sandbox;
 pub mod secret;
 pub mod templates;
+pub mod timefmt;
 
 pub use labels::{LabelSelector, Labels};
 pub use names::{ProviderName, SandboxName, WorkspaceName};

@@ -62,6 +62,7 @@ pub struct SandboxCondition {
     pub status: String,
     pub reason: String,
     pub message: String,
+    #[serde(serialize_with = "crate::timefmt::option::serialize")]
     pub transition_time: Option<DateTime<Utc>>,
 }
 
@@ -73,7 +74,9 @@ pub struct Sandbox {
     pub workspace: String,
     pub labels: BTreeMap<String, String>,
     pub resource_version: u64,
+    #[serde(serialize_with = "crate::timefmt::option::serialize")]
     pub created_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::timefmt::option::serialize")]
     pub deleted_at: Option<DateTime<Utc>>,
     pub phase: SandboxPhase,
     pub conditions: Vec<SandboxCondition>,
