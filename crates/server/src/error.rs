@@ -73,6 +73,12 @@ impl IntoResponse for ApiError {
         };
         let mut resp = (self.status, axum::Json(body)).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        // Tells well-behaved clients when to come back: the throttle's own
+        // figure, else a few seconds for a gateway or database that is away.
+        if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
+            let after = self.extra.get("retry_after").and_then(serde_json::Value::as_u64).unwrap_or(5);
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(after));
+        }
         resp
     }
 }

@@ -33,6 +33,7 @@ struct OperationList {
     total: u64,
     limit: u32,
     offset: u32,
+    has_more: bool,
     counts: std::collections::BTreeMap<&'static str, u64>,
 }
 
@@ -48,7 +49,8 @@ async fn list(State(state): State<AppState>, q: QueryPairs) -> ApiResult<Json<Op
     let offset = q.u32("offset", 0, u32::MAX)?;
     let (operations, total) = state.operations.list(status, resource_type, limit, offset).await?;
     let counts = state.operations.status_counts().await?.into_iter().map(|(s, n)| (s.as_str(), n)).collect();
-    Ok(Json(OperationList { operations, total, limit, offset, counts }))
+    let has_more = u64::from(offset) + u64::try_from(operations.len()).unwrap_or(u64::MAX) < total;
+    Ok(Json(OperationList { operations, total, limit, offset, has_more, counts }))
 }
 
 /// `?wait=N` (seconds, at most 60): answers as soon as the operation changes

@@ -238,6 +238,8 @@ async fn u03_a_failed_identity_lookup_refuses_with_503_never_allows() {
     assert_eq!((status, body["code"].as_str()), (503, Some("AUTH_UNAVAILABLE")), "{body}");
     let (status, _) = send(&app.http, Method::GET, &format!("{}/api/audit", app.base), Some(&key), &json!({})).await;
     assert_eq!(status, 503);
+    let r = app.http.get(format!("{}/api/audit", app.base)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.headers()["retry-after"], "5", "a 503 says when to come back");
 }
 
 #[tokio::test]

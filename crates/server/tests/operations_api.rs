@@ -30,6 +30,7 @@ async fn list_get_wait_stream_and_cancel() {
     assert_eq!(list["total"], 1);
     assert_eq!(list["operations"][0]["id"], op.id.as_str(), "ShoreGuard's clients read `operations`: {list}");
     assert_eq!(list["counts"]["pending"], 1);
+    assert_eq!(list["has_more"], false);
     assert_eq!(app.get("/api/operations?status=sleeping").await.0, 400);
     assert_eq!(app.get("/api/operations/nope").await.0, 404);
 
