@@ -74,34 +74,42 @@ fn sandbox(raw: &str) -> ApiResult<breakwater_domain::SandboxName> {
     breakwater_domain::SandboxName::parse(raw).map_err(|e| ApiError::bad_request("name", e.to_string()))
 }
 
-#[derive(Serialize)]
-struct SandboxList {
-    items: Vec<Sandbox>,
-    total: usize,
-    limit: u32,
-    offset: u32,
-    has_more: bool,
-}
-
 async fn list(
     State(state): State<AppState>,
     Path(gw): Path<String>,
     q: QueryPairs,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
+    use std::io::Write as _;
     let gw = gateway_name(&gw)?;
     let selector = q.label_selector()?;
     let limit = q.u32("limit", 100, 1000)?.max(1);
     let offset = q.u32("offset", 0, u32::MAX)?;
-    let (items, total) = state.sandboxes.list(&gw, &selector, limit, offset).await?;
-    let has_more = offset as usize + items.len() < total;
-    // Sized up front: a page of 1,000 is half a megabyte, which a growing
-    // buffer would copy a dozen times on the way.
-    let mut body = Vec::with_capacity(256 + items.len() * 640);
-    serde_json::to_writer(&mut body, &SandboxList { items, total, limit, offset, has_more }).map_err(|e| {
+    let mut pages = state.sandboxes.list_pages(&gw, &selector, limit, offset).await?;
+    // Each chunk is encoded while the service fetches the gateway's next
+    // page; the body is sized up front (a page of 1,000 is half a megabyte,
+    // which a growing buffer would copy a dozen times). The shape is
+    // `{items, total, limit, offset, has_more}`.
+    let encode_failed = |e: &dyn std::fmt::Display| {
         tracing::error!(error = %e, "could not encode the sandbox list");
         ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "could not encode the list")
-    })?;
+    };
+    let mut body = Vec::with_capacity(256 + limit.min(1000) as usize * 640);
+    body.extend_from_slice(b"{\"items\":[");
+    let mut shown = 0usize;
+    while let Some(chunk) = pages.next().await {
+        for sandbox in chunk? {
+            if shown > 0 {
+                body.push(b',');
+            }
+            serde_json::to_writer(&mut body, &sandbox).map_err(|e| encode_failed(&e))?;
+            shown += 1;
+        }
+    }
+    let total = pages.total();
+    let has_more = offset as usize + shown < total;
+    write!(body, "],\"total\":{total},\"limit\":{limit},\"offset\":{offset},\"has_more\":{has_more}}}")
+        .map_err(|e| encode_failed(&e))?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

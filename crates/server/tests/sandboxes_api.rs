@@ -255,3 +255,25 @@ async fn a_long_exec_runs_as_an_operation_whose_result_is_the_output() {
     assert_eq!(audit["entries"][0]["client_ip"], "127.0.0.1", "the caller's address, taken when the request came");
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn windows_across_the_gateways_pages_have_the_right_items_and_totals() {
+    let (app, s) = setup().await;
+    s.seed_sandboxes("default", 1100).await.unwrap();
+    let names = |page: &serde_json::Value| -> Vec<String> {
+        page["items"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect()
+    };
+    let (status, all) = app.get(&format!("{S}?limit=1000")).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!((names(&all).len(), all["total"].as_u64(), all["has_more"].as_bool()), (1000, Some(1101), Some(true)));
+    let (_, tail) = app.get(&format!("{S}?limit=200&offset=1000")).await;
+    assert_eq!((names(&tail).len(), tail["has_more"].as_bool()), (101, Some(false)));
+    // A window across the boundary of the gateway's pages of 500 is the
+    // same run of names as in the whole list.
+    let (_, across) = app.get(&format!("{S}?limit=100&offset=450")).await;
+    assert_eq!(names(&across), names(&all)[450..550].to_vec());
+    let (_, beyond) = app.get(&format!("{S}?offset=5000")).await;
+    assert_eq!((names(&beyond).len(), beyond["total"].as_u64()), (0, Some(1101)), "{beyond}");
+    assert_eq!(app.get("/api/gateways/nope/sandboxes").await.0, 404);
+    s.shutdown().await;
+}

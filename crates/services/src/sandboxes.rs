@@ -3,6 +3,8 @@
 //! gateway's answer, exec, logs, SSH sessions and the rest of the lifecycle.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use breakwater_domain::operation::{Operation, OperationError};
@@ -14,11 +16,14 @@ use breakwater_domain::sandbox::{
     SandboxMetadata, SandboxPhase, SshSession, WatchEvent, WatchOptions, split_command,
 };
 use breakwater_domain::templates::{self, SandboxTemplate};
-use breakwater_domain::{LabelSelector, Labels, ProviderName, SandboxName, Secret, WorkspaceName, sanitize};
+use breakwater_domain::{
+    LabelSelector, Labels, PageRequest, ProviderName, SandboxName, Secret, WorkspaceName, sanitize,
+};
 use breakwater_gateway::{Gateway, WorkspaceScope};
 use breakwater_store::SshSessionRecord;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use tokio::sync::mpsc;
 
 use crate::events::Event;
 use crate::{
@@ -180,6 +185,49 @@ impl CreateSandbox {
         }
         self.presets = presets;
         self
+    }
+}
+
+/// Page size asked of the gateway when listing.
+const LIST_PAGE: u32 = 500;
+
+fn metadata_by_name(rows: Vec<SandboxMetadata>) -> BTreeMap<String, SandboxMetadata> {
+    rows.into_iter().map(|m| (m.sandbox.clone(), m)).collect()
+}
+
+fn merged(metadata: &BTreeMap<String, SandboxMetadata>, mut s: Sandbox) -> Sandbox {
+    if let Some(m) = metadata.get(&s.name) {
+        m.apply_to(&mut s);
+    }
+    s
+}
+
+/// A sandbox list arriving in chunks (see [`SandboxService::list_pages`]).
+/// Dropping it stops the fetching.
+pub struct SandboxPages {
+    rx: mpsc::Receiver<Result<Vec<Sandbox>>>,
+    total: Arc<AtomicUsize>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SandboxPages {
+    /// The next chunk of the window; `None` once the list is complete.
+    pub async fn next(&mut self) -> Option<Result<Vec<Sandbox>>> {
+        self.rx.recv().await
+    }
+
+    /// How many sandboxes match in all (once `next` gave `None`).
+    #[must_use]
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SandboxPages {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -538,45 +586,114 @@ impl SandboxService {
         limit: u32,
         offset: u32,
     ) -> Result<(Vec<Sandbox>, usize)> {
-        let (limit, offset) = (limit.clamp(1, 1000) as usize, offset as usize);
-        let store = self.gateways.store();
-        let metadata_of = |rows: Vec<SandboxMetadata>| -> BTreeMap<String, SandboxMetadata> {
-            rows.into_iter().map(|m| (m.sandbox.clone(), m)).collect()
-        };
-        let fetch = |p, upstream: LabelSelector| async move {
-            let upstream = &upstream;
-            self.gateways
-                .with_gateway(gw, |c| async move { c.list_sandboxes(&WorkspaceScope::All, upstream, &p).await })
-                .await
-        };
-        // Without a selector the store and the gateway are asked at once: the
-        // list is the page most users open, and its latency is the sum
-        // otherwise. With one, the store decides whether the gateway may
-        // filter (our labels replace the gateway's).
-        let (metadata, local_filter, all) = if selector.is_empty() {
-            let (rows, (all, _)) = tokio::try_join!(
-                async { store.list_sandbox_metadata(gw.as_str()).await.map_err(ServiceError::from) },
-                crate::window(usize::MAX, 0, 500, |p| fetch(p, LabelSelector::default())),
-            )?;
-            (metadata_of(rows), false, all)
-        } else {
-            let metadata = metadata_of(store.list_sandbox_metadata(gw.as_str()).await?);
-            let local_filter = metadata.values().any(|m| m.labels.is_some());
-            let upstream = if local_filter { LabelSelector::default() } else { selector.clone() };
-            let (all, _) = crate::window(usize::MAX, 0, 500, |p| fetch(p, upstream.clone())).await?;
-            (metadata, local_filter, all)
-        };
-        let merge = |mut s: Sandbox| {
-            if let Some(m) = metadata.get(&s.name) {
-                m.apply_to(&mut s);
-            }
-            s
-        };
-        if !local_filter {
-            let total = all.len();
-            return Ok((all.into_iter().skip(offset).take(limit).map(merge).collect(), total));
+        let mut pages = self.list_pages(gw, selector, limit, offset).await?;
+        let mut items = Vec::new();
+        while let Some(chunk) = pages.next().await {
+            items.extend(chunk?);
         }
-        let matching: Vec<Sandbox> = all.into_iter().map(merge).filter(|s| selector.matches(&s.labels)).collect();
+        Ok((items, pages.total()))
+    }
+
+    /// [`SandboxService::list`] as it arrives: the window's sandboxes in
+    /// chunks, one per gateway page, while the next page is being fetched,
+    /// so a caller encoding a chunk overlaps the gateway's next answer.
+    pub async fn list_pages(
+        &self,
+        gw: &GatewayName,
+        selector: &LabelSelector,
+        limit: u32,
+        offset: u32,
+    ) -> Result<SandboxPages> {
+        let (limit, offset) = (limit.clamp(1, 1000) as usize, offset as usize);
+        let (tx, rx) = mpsc::channel(1);
+        let total = Arc::new(AtomicUsize::new(0));
+        if !selector.is_empty() {
+            let (items, count) = self.list_selected(gw, selector, limit, offset).await?;
+            total.store(count, Ordering::SeqCst);
+            let _ = tx.try_send(Ok(items));
+            return Ok(SandboxPages { rx, total, task: None });
+        }
+        let (this, gw, done) = (self.clone(), gw.clone(), total.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = this.pump_pages(&gw, limit, offset, &tx, &done).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(SandboxPages { rx, total, task: Some(task) })
+    }
+
+    async fn fetch_page(
+        &self,
+        gw: &GatewayName,
+        upstream: &LabelSelector,
+        page: PageRequest,
+    ) -> Result<breakwater_domain::Page<Sandbox>> {
+        let page = &page;
+        self.gateways
+            .with_gateway(gw, |c| async move { c.list_sandboxes(&WorkspaceScope::All, upstream, page).await })
+            .await
+    }
+
+    /// Without a selector: the store and the gateway's first page are asked
+    /// at once, then each page is merged and handed on as the next is
+    /// fetched.
+    async fn pump_pages(
+        &self,
+        gw: &GatewayName,
+        limit: usize,
+        offset: usize,
+        tx: &mpsc::Sender<Result<Vec<Sandbox>>>,
+        total: &AtomicUsize,
+    ) -> Result<()> {
+        let none = LabelSelector::default();
+        let (rows, mut page) = tokio::try_join!(
+            async { self.gateways.store().list_sandbox_metadata(gw.as_str()).await.map_err(ServiceError::from) },
+            self.fetch_page(gw, &none, PageRequest::first(LIST_PAGE)),
+        )?;
+        let metadata = metadata_by_name(rows);
+        let mut seen = 0usize;
+        loop {
+            let next_token = std::mem::take(&mut page.next_page_token);
+            let chunk: Vec<Sandbox> = page
+                .items
+                .into_iter()
+                .filter_map(|s| {
+                    let at = seen;
+                    seen += 1;
+                    (at >= offset && at < offset + limit).then(|| merged(&metadata, s))
+                })
+                .collect();
+            if !chunk.is_empty() && tx.send(Ok(chunk)).await.is_err() {
+                return Ok(());
+            }
+            if next_token.is_empty() {
+                break;
+            }
+            page = self.fetch_page(gw, &none, PageRequest { page_size: LIST_PAGE, page_token: next_token }).await?;
+        }
+        total.store(seen, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// With a selector the store decides whether the gateway may filter
+    /// (our labels replace the gateway's).
+    async fn list_selected(
+        &self,
+        gw: &GatewayName,
+        selector: &LabelSelector,
+        limit: usize,
+        offset: usize,
+    ) -> Result<(Vec<Sandbox>, usize)> {
+        let metadata = metadata_by_name(self.gateways.store().list_sandbox_metadata(gw.as_str()).await?);
+        let local_filter = metadata.values().any(|m| m.labels.is_some());
+        let upstream = if local_filter { LabelSelector::default() } else { selector.clone() };
+        let upstream = &upstream;
+        let (all, _) = crate::window(usize::MAX, 0, LIST_PAGE, |p| self.fetch_page(gw, upstream, p)).await?;
+        let matching: Vec<Sandbox> = all
+            .into_iter()
+            .map(|s| merged(&metadata, s))
+            .filter(|s| !local_filter || selector.matches(&s.labels))
+            .collect();
         let total = matching.len();
         Ok((matching.into_iter().skip(offset).take(limit).collect(), total))
     }
