@@ -1038,29 +1038,7 @@ macro_rules! impl_store {
             }
 
             async fn insert_user(&self, u: &User, password_hash: Option<&str>) -> Result<()> {
-                let done = sqlx::query(
-                    "INSERT INTO users (id, email, password_hash, role, active, failed_logins, locked_until, \
-                     oidc_provider, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
-                .bind(&u.id)
-                .bind(&u.email)
-                .bind(password_hash)
-                .bind(u.role.as_str())
-                .bind(u.active)
-                .bind(i64::from(u.failed_logins))
-                .bind(u.locked_until.map(|t| t.trunc_subsecs(6)))
-                .bind(&u.oidc_provider)
-                .bind(u.created_at.trunc_subsecs(6))
-                .bind(u.updated_at.trunc_subsecs(6))
-                .execute(&self.pool)
-                .await;
-                match done {
-                    Ok(_) => Ok(()),
-                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                        Err(StoreError::Conflict(format!("user {}", u.email)))
-                    }
-                    Err(e) => Err(e.into()),
-                }
+                self.insert_user_row(u, password_hash, None).await
             }
 
             async fn insert_first_user(&self, u: &User, password_hash: &str) -> Result<bool> {
@@ -1318,27 +1296,7 @@ macro_rules! impl_store {
             }
 
             async fn insert_oidc_user(&self, u: &User, subject: &str) -> Result<()> {
-                let done = sqlx::query(
-                    "INSERT INTO users (id, email, password_hash, role, active, failed_logins, \
-                     oidc_provider, oidc_subject, created_at, updated_at) VALUES ($1, $2, NULL, $3, $4, 0, $5, $6, $7, $8)",
-                )
-                .bind(&u.id)
-                .bind(&u.email)
-                .bind(u.role.as_str())
-                .bind(u.active)
-                .bind(&u.oidc_provider)
-                .bind(subject)
-                .bind(u.created_at.trunc_subsecs(6))
-                .bind(u.updated_at.trunc_subsecs(6))
-                .execute(&self.pool)
-                .await;
-                match done {
-                    Ok(_) => Ok(()),
-                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                        Err(StoreError::Conflict(format!("user {}", u.email)))
-                    }
-                    Err(e) => Err(e.into()),
-                }
+                self.insert_user_row(u, None, Some(subject)).await
             }
 
             async fn user_by_oidc(&self, provider: &str, subject: &str) -> Result<Option<User>> {
@@ -1754,6 +1712,36 @@ macro_rules! impl_store {
             /// the server key, in one transaction. Returns how many secrets
             /// were re-sealed. Run it with the server stopped, then start the
             /// server with the new key.
+            /// One user row: a password account, or one linked to an OIDC
+            /// subject. A taken email (or subject) is a conflict.
+            async fn insert_user_row(&self, u: &User, password_hash: Option<&str>, subject: Option<&str>) -> Result<()> {
+                let done = sqlx::query(
+                    "INSERT INTO users (id, email, password_hash, role, active, failed_logins, locked_until, \
+                     oidc_provider, oidc_subject, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(&u.id)
+                .bind(&u.email)
+                .bind(password_hash)
+                .bind(u.role.as_str())
+                .bind(u.active)
+                .bind(i64::from(u.failed_logins))
+                .bind(u.locked_until.map(|t| t.trunc_subsecs(6)))
+                .bind(&u.oidc_provider)
+                .bind(subject)
+                .bind(u.created_at.trunc_subsecs(6))
+                .bind(u.updated_at.trunc_subsecs(6))
+                .execute(&self.pool)
+                .await;
+                match done {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                        Err(StoreError::Conflict(format!("user {}", u.email)))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
             async fn reseal_all(&self, new: &SecretCipher) -> Result<u64> {
                 let mut tx = self.pool.begin().await?;
                 let rows = sqlx::query("SELECT name, client_key_enc, bearer_token_enc FROM gateways")
