@@ -226,6 +226,10 @@ struct ServerArgs {
     /// Loopback names are always allowed on a loopback bind.
     #[arg(long = "allowed-host", env = "BREAKWATER_ALLOWED_HOSTS", value_delimiter = ',')]
     allowed_hosts: Vec<String>,
+    /// A web origin whose pages may call the API from a browser
+    /// (repeatable, e.g. `https://ops.example.com`). Off unless given.
+    #[arg(long = "cors-origin", env = "BREAKWATER_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
     /// Sign-in with OIDC providers: a JSON file with `public_url` and
     /// `providers` (client secrets come from the file or variable each names).
     #[arg(long, env = "BREAKWATER_OIDC_CONFIG")]
@@ -265,7 +269,16 @@ impl ServerArgs {
         format!("{host}:{}", self.port)
     }
 
-    fn host_guard(&self) -> HostGuard {
+    fn host_guard(&self) -> anyhow::Result<HostGuard> {
+        let origins = self
+            .cors_origins
+            .iter()
+            .map(|o| breakwater_server::parse_cors_origin(o).map_err(|e| anyhow::anyhow!("--cors-origin: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(self.host_names().with_cors_origins(origins))
+    }
+
+    fn host_names(&self) -> HostGuard {
         if self.bind.is_loopback() {
             HostGuard::loopback(&self.allowed_hosts)
         } else if self.allowed_hosts.is_empty() {
@@ -442,6 +455,7 @@ fn config_show(args: &ServerArgs) -> anyhow::Result<()> {
         "probe_concurrency": args.probe_concurrency,
         "presets_dir": args.presets_dir,
         "allowed_hosts": args.allowed_hosts,
+        "cors_origins": args.cors_origins,
         "log_format": format!("{:?}", args.log_format).to_lowercase(),
         "openshell_config_dir": args.local_tools().openshell_config_dir,
         "audit_retention_days": args.audit_retention_days,
@@ -736,7 +750,7 @@ async fn start(args: &ServerArgs, data_dir: &std::path::Path) -> anyhow::Result<
         trusted_proxies: breakwater_server::limits::TrustedProxies::parse(&args.trusted_proxies)
             .map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?,
         rate_limiter: breakwater_server::limits::RateLimiter::new(args.rate_limit),
-        host_guard: args.host_guard(),
+        host_guard: args.host_guard()?,
         list_cache: Arc::default(),
         monitor: monitor_settings,
         started: Instant::now(),

@@ -20,13 +20,30 @@ use crate::{ApiError, AppState};
 pub struct HostGuard {
     /// Lower-case host names (no port); empty means any host.
     allowed: Vec<String>,
+    /// Web origins (`https://app.example.com`) whose pages may call the
+    /// API (CORS, cookie writes included); none unless configured.
+    cors_origins: Vec<String>,
+}
+
+/// Checks a configured CORS origin: `scheme://host[:port]`, nothing more.
+pub fn parse_cors_origin(raw: &str) -> Result<String, String> {
+    let origin = raw.trim().trim_end_matches('/').to_ascii_lowercase();
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Err(format!("{raw:?} is not an origin like https://app.example.com"));
+    };
+    let host_ok =
+        !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if !matches!(scheme, "http" | "https") || !host_ok {
+        return Err(format!("{raw:?} is not an origin like https://app.example.com (scheme, host, optional port)"));
+    }
+    Ok(origin)
 }
 
 impl HostGuard {
     /// Any Host header (a server bound to all interfaces with no names given).
     #[must_use]
     pub fn any() -> Self {
-        Self { allowed: Vec::new() }
+        Self { allowed: Vec::new(), cors_origins: Vec::new() }
     }
 
     /// Loopback names plus `extra`.
@@ -34,13 +51,26 @@ impl HostGuard {
     pub fn loopback(extra: &[String]) -> Self {
         let mut allowed: Vec<String> = ["localhost", "127.0.0.1", "[::1]", "::1"].map(str::to_owned).to_vec();
         allowed.extend(extra.iter().map(|h| h.to_ascii_lowercase()));
-        Self { allowed }
+        Self { allowed, cors_origins: Vec::new() }
     }
 
     /// Exactly these names.
     #[must_use]
     pub fn only(names: &[String]) -> Self {
-        Self { allowed: names.iter().map(|h| h.to_ascii_lowercase()).collect() }
+        Self { allowed: names.iter().map(|h| h.to_ascii_lowercase()).collect(), cors_origins: Vec::new() }
+    }
+
+    /// Also lets pages from these origins (checked with
+    /// [`parse_cors_origin`]) call the API from the browser.
+    #[must_use]
+    pub fn with_cors_origins(mut self, origins: Vec<String>) -> Self {
+        self.cors_origins = origins;
+        self
+    }
+
+    #[must_use]
+    pub fn cors_origins(&self) -> &[String] {
+        &self.cors_origins
     }
 
     fn permits(&self, host: &str) -> bool {
@@ -89,7 +119,8 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request<Body>,
     {
         let origin = origin.to_str().unwrap_or("null");
         let origin_authority = origin.split_once("://").map_or("", |(_, rest)| rest);
-        if !origin_authority.eq_ignore_ascii_case(&authority) {
+        let configured = state.host_guard.cors_origins.iter().any(|o| o.eq_ignore_ascii_case(origin));
+        if !configured && !origin_authority.eq_ignore_ascii_case(&authority) {
             return ApiError::new(
                 StatusCode::FORBIDDEN,
                 "CROSS_ORIGIN_REFUSED",

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderName, Request, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Request, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -43,7 +43,7 @@ pub use access::{RouteSpec, RouteTable, Routes};
 pub use auth::AuthMode;
 pub use error::{ApiError, ApiResult};
 pub use gateway_routes::ListCache;
-pub use guard::HostGuard;
+pub use guard::{HostGuard, parse_cors_origin};
 
 /// Largest request body we read (PEM bundles are the biggest legitimate ones).
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -121,7 +121,34 @@ pub fn router(mut state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::security_headers))
+        .layer(cors(state.host_guard.cors_origins()))
         .with_state(state)
+}
+
+/// CORS for the configured origins only (none: no CORS headers at all, so
+/// browsers keep other sites' pages out). Preflights are answered here,
+/// before authentication; the real request is authenticated as any other.
+fn cors(origins: &[String]) -> tower::util::Either<tower_http::cors::CorsLayer, tower::layer::util::Identity> {
+    use axum::http::{Method, header};
+    if origins.is_empty() {
+        return tower::util::Either::Right(tower::layer::util::Identity::new());
+    }
+    let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    tower::util::Either::Left(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(tower_http::cors::AllowOrigin::list(list))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("prefer"),
+            ])
+            .expose_headers([header::LOCATION, header::RETRY_AFTER, HeaderName::from_static("x-request-id")])
+            .allow_credentials(true)
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 /// Logs each request under its id (so log lines and responses correlate),

@@ -367,7 +367,10 @@ struct Inner {
     public_url: String,
     providers: Vec<Provider>,
     settings: OidcSettings,
-    http: reqwest::Client,
+    /// Built at the first sign-in: loading the system's root certificates
+    /// costs tens of milliseconds and a few megabytes, which a server
+    /// without OIDC (or before anyone signs in) should not pay at start.
+    http: tokio::sync::OnceCell<reqwest::Client>,
 }
 
 #[derive(Deserialize)]
@@ -430,12 +433,6 @@ impl OidcService {
         settings: OidcSettings,
     ) -> Result<Self> {
         config.validate()?;
-        let http = reqwest::Client::builder()
-            .timeout(settings.http_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("breakwater/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| invalid("oidc", format!("cannot build the HTTP client: {e}")))?;
         let providers = config
             .providers
             .into_iter()
@@ -448,8 +445,22 @@ impl OidcService {
             public_url: config.public_url.trim_end_matches('/').to_owned(),
             providers,
             settings,
-            http,
+            http: tokio::sync::OnceCell::new(),
         })))
+    }
+
+    async fn http(&self) -> Result<&reqwest::Client> {
+        self.0
+            .http
+            .get_or_try_init(|| async {
+                reqwest::Client::builder()
+                    .timeout(self.0.settings.http_timeout)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .user_agent(concat!("breakwater/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| invalid("oidc", format!("cannot build the HTTP client: {e}")))
+            })
+            .await
     }
 
     /// No providers: every sign-in with one is refused as unknown.
@@ -611,7 +622,7 @@ impl OidcService {
         what: &str,
         url: &str,
     ) -> Result<T> {
-        let resp = self.0.http.get(url).header("accept", "application/json").send().await.map_err(|e| {
+        let resp = self.http().await?.get(url).header("accept", "application/json").send().await.map_err(|e| {
             tracing::warn!(provider = %p.name, error = %e, "{what} request failed");
             unavailable(p, &format!("{what}: {}", if e.is_timeout() { "timed out" } else { "not reachable" }))
         })?;
@@ -672,7 +683,7 @@ impl OidcService {
             }
             (form.finish(), basic)
         };
-        let mut req = self.0.http.post(&d.token_endpoint).header("accept", "application/json");
+        let mut req = self.http().await?.post(&d.token_endpoint).header("accept", "application/json");
         if let Some(b) = basic {
             req = req.header("authorization", b);
         }
