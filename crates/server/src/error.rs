@@ -186,6 +186,7 @@ impl From<ServiceError> for ApiError {
                     SignInFailure::EmailUnverified => (StatusCode::FORBIDDEN, "OIDC_EMAIL_UNVERIFIED"),
                     SignInFailure::AccountExists => (StatusCode::CONFLICT, "OIDC_ACCOUNT_EXISTS"),
                     SignInFailure::UserInactive => (StatusCode::FORBIDDEN, "OIDC_USER_INACTIVE"),
+                    SignInFailure::NotAllowed => (StatusCode::FORBIDDEN, "OIDC_NOT_ALLOWED"),
                 };
                 Self::new(status, code, message)
             }

@@ -120,7 +120,13 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request<Body>,
         let origin = origin.to_str().unwrap_or("null");
         let origin_authority = origin.split_once("://").map_or("", |(_, rest)| rest);
         let configured = state.host_guard.cors_origins.iter().any(|o| o.eq_ignore_ascii_case(origin));
-        if !configured && !origin_authority.eq_ignore_ascii_case(&authority) {
+        // Behind TLS the page must be too: a plain-http page on the same host
+        // (which anyone on the network can write) would otherwise pass, and
+        // some browsers send the session cookie across schemes.
+        let secure = matches!(state.auth, crate::AuthMode::Enabled { secure_cookies: true });
+        let scheme_ok = !secure || origin.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+        let same_site = scheme_ok && origin_authority.eq_ignore_ascii_case(&authority);
+        if !(configured || same_site) {
             return ApiError::new(
                 StatusCode::FORBIDDEN,
                 "CROSS_ORIGIN_REFUSED",

@@ -586,3 +586,26 @@ async fn an_invite_is_used_once_and_registration_is_off_by_default() {
     let (_, check) = send(&app.http, Method::GET, &api("/api/auth/check"), None, &json!({})).await;
     assert_eq!(check["registration_enabled"], false);
 }
+
+#[tokio::test]
+async fn behind_tls_a_plain_http_page_on_the_same_host_may_not_write() {
+    let app = spawn_app_full(
+        breakwater_store::testing::sqlite().await,
+        Duration::from_secs(60),
+        breakwater_services::LocalTools::default(),
+        breakwater_server::AuthMode::Enabled { secure_cookies: true },
+    )
+    .await;
+    let authority = app.base.trim_start_matches("http://").to_owned();
+    let post = |origin: String| {
+        app.http
+            .post(format!("{}/api/auth/login", app.base))
+            .header("origin", origin)
+            .json(&json!({"email": "x@example.com", "password": "not it at all"}))
+            .send()
+    };
+    let plain: Value = post(format!("http://{authority}")).await.unwrap().json().await.unwrap();
+    assert_eq!(plain["code"], "CROSS_ORIGIN_REFUSED", "{plain}");
+    let tls = post(format!("https://{authority}")).await.unwrap();
+    assert_ne!(tls.status(), 403, "an https page on this host passes the Origin check");
+}

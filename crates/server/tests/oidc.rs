@@ -94,6 +94,8 @@ enum Tweak {
     WrongIssuer,
     WrongAudience,
     Expired,
+    /// No `iat` claim.
+    NoIssuedAt,
     /// Signed with a key other than the one its `kid` names.
     BadSignature,
     /// The authorize endpoint records another challenge than the one sent,
@@ -229,6 +231,9 @@ async fn token(State(idp): State<Idp>, headers: HeaderMap, Form(f): Form<HashMap
             claims["iat"] = json!(now - 3600);
             claims["exp"] = json!(now - 1800);
         }
+        Tweak::NoIssuedAt => {
+            claims.as_object_mut().unwrap().remove("iat");
+        }
         Tweak::BadSignature => pem = if pem == KEY_1 { KEY_2 } else { KEY_1 },
         Tweak::None | Tweak::OtherChallenge => {}
     }
@@ -282,7 +287,7 @@ fn provider(idp_base: &str) -> OidcProviderConfig {
         scopes: vec!["groups".into()],
         role_claim: Some("groups".into()),
         role_mapping: [("bw-admins".to_owned(), Role::Admin), ("bw-ops".to_owned(), Role::Operator)].into(),
-        default_role: Role::Viewer,
+        default_role: Some(Role::Viewer),
     }
 }
 
@@ -666,4 +671,28 @@ async fn a_provider_error_on_the_callback_is_refused_and_next_stays_on_this_site
     let at_idp = b.get(location(&r)).send().await.unwrap();
     let (status, _, next) = finish(&b, &location(&at_idp)).await;
     assert_eq!((status, next.as_str()), (302, "/"));
+}
+
+#[tokio::test]
+async fn without_a_default_role_only_mapped_groups_get_in() {
+    let idp = start_idp().await;
+    let p = OidcProviderConfig { default_role: None, ..provider(&idp.base) };
+    let app = common::spawn_app_oidc(
+        breakwater_store::testing::sqlite().await,
+        Box::new(move |base: &str| (OidcConfig { public_url: base.to_owned(), providers: vec![p] }, settings())),
+    )
+    .await;
+    let b = browser(&app);
+    idp.set(|s| s.claims["groups"] = json!(["some-other-team"]));
+    let (status, body, _) = sign_in(&app, &b).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("OIDC_NOT_ALLOWED")), "{body}");
+    assert!(app.store.store.list_users().await.unwrap().is_empty(), "no account made");
+    idp.set(|s| s.claims["groups"] = json!(["bw-ops"]));
+    assert_eq!(sign_in(&app, &b).await.0, 302);
+    assert_eq!(check(&app, &b).await["role"], "operator");
+}
+
+#[tokio::test]
+async fn a_token_without_iat_is_refused() {
+    refused_with(Tweak::NoIssuedAt, "OIDC_TOKEN_INVALID", "iat").await;
 }

@@ -277,3 +277,23 @@ async fn windows_across_the_gateways_pages_have_the_right_items_and_totals() {
     assert_eq!(app.get("/api/gateways/nope/sandboxes").await.0, 404);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_short_exec_with_an_idempotency_key_runs_once_as_an_operation() {
+    let (app, s) = setup().await;
+    let send = || {
+        app.http
+            .post(format!("{}{S}/agent-1/exec", app.base))
+            .header("idempotency-key", "exec-once-1")
+            .json(&json!({"command": ["echo", "once"]}))
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 202, "a key makes it findable again");
+    let first: serde_json::Value = first.json().await.unwrap();
+    let again: serde_json::Value = send().await.unwrap().json().await.unwrap();
+    assert_eq!(first["operation_id"], again["operation_id"], "the retry is the same run");
+    let done = common::finished(&app, first["operation_id"].as_str().unwrap()).await;
+    assert_eq!(done["result"]["stdout"], "once\n", "{done}");
+    s.shutdown().await;
+}

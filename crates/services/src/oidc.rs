@@ -56,6 +56,8 @@ pub enum SignInFailure {
     /// An account not linked to this identity already has its email.
     AccountExists,
     UserInactive,
+    /// No role mapping matches and the provider has no default role.
+    NotAllowed,
 }
 
 impl SignInFailure {
@@ -71,6 +73,7 @@ impl SignInFailure {
             Self::EmailUnverified => "email_unverified",
             Self::AccountExists => "account_exists",
             Self::UserInactive => "user_inactive",
+            Self::NotAllowed => "not_allowed",
         }
     }
 }
@@ -106,8 +109,10 @@ pub struct OidcProviderConfig {
     pub role_claim: Option<String>,
     /// Claim value to role; the highest match wins.
     pub role_mapping: BTreeMap<String, Role>,
-    /// The role when nothing matches.
-    pub default_role: Role,
+    /// The role when nothing matches; `None` refuses such identities, so
+    /// a provider shared with other organisations lets in only the people
+    /// its groups name.
+    pub default_role: Option<Role>,
 }
 
 /// Everything OIDC sign-in needs from the configuration.
@@ -206,7 +211,7 @@ impl OidcConfig {
                 scopes: p.scopes,
                 role_claim: p.role_claim,
                 role_mapping: p.role_mapping,
-                default_role: p.default_role.unwrap_or(Role::Viewer),
+                default_role: p.default_role,
             });
         }
         let config = Self { public_url: file.public_url, providers };
@@ -762,6 +767,10 @@ impl OidcService {
             })
         })?;
         let claims = data.claims;
+        // jsonwebtoken does not enforce `iat` as required; we do.
+        if claims.iat.is_none() {
+            return Err(bad("lacks a required claim (iat)"));
+        }
         let latest =
             Utc::now().timestamp().saturating_add(i64::try_from(self.0.settings.leeway.as_secs()).unwrap_or(0));
         if claims.iat.is_some_and(|iat| iat > latest) {
@@ -783,14 +792,15 @@ impl OidcService {
         Ok(claims)
     }
 
-    /// The role the mapping gives these claims: the highest match, else the default.
-    fn mapped_role(p: &OidcProviderConfig, claims: &IdClaims) -> Role {
+    /// The role the mapping gives these claims: the highest match, else the
+    /// default (`None`: no role, the sign-in is refused).
+    fn mapped_role(p: &OidcProviderConfig, claims: &IdClaims) -> Option<Role> {
         let values: Vec<&str> = match p.role_claim.as_deref().and_then(|c| claims.rest.get(c)) {
             Some(serde_json::Value::String(s)) => vec![s.as_str()],
             Some(serde_json::Value::Array(items)) => items.iter().filter_map(serde_json::Value::as_str).collect(),
             _ => Vec::new(),
         };
-        values.iter().filter_map(|v| p.role_mapping.get(*v).copied()).max().unwrap_or(p.default_role)
+        values.iter().filter_map(|v| p.role_mapping.get(*v).copied()).max().or(p.default_role)
     }
 
     /// Finds the user linked to (provider, subject), or creates one. The
@@ -798,7 +808,16 @@ impl OidcService {
     /// the source of truth (removal from a group demotes at the next sign-in).
     async fn link(&self, p: &Provider, claims: &IdClaims, client_ip: Option<String>) -> Result<User> {
         let c = &p.config;
-        let role = Self::mapped_role(c, claims);
+        let Some(role) = Self::mapped_role(c, claims) else {
+            return Err(fail(
+                SignInFailure::NotAllowed,
+                format!(
+                    "{} vouches for this person, but none of their groups is mapped to a Breakwater role and no \
+                     default_role is set; ask an admin to map one of their groups",
+                    c.name
+                ),
+            ));
+        };
         let system = Actor { name: format!("oidc:{}", c.name), role: "system".into(), client_ip };
         let user = match self.0.store.user_by_oidc(&c.name, &claims.sub).await? {
             Some(user) => user,
@@ -834,7 +853,14 @@ impl OidcService {
         let from = user.role;
         user.role = role;
         user.updated_at = Utc::now();
-        self.0.store.save_user(&user).await?;
+        // Only the role, and only if nobody changed it (or deactivated the
+        // account) since it was read: a sign-in must not undo an admin.
+        if !self.0.store.set_user_role_if(&user.id, from, role, user.updated_at).await? {
+            return Err(fail(
+                SignInFailure::UserInactive,
+                format!("the account {} changed while signing in; sign in again", user.email),
+            ));
+        }
         self.0
             .audit
             .log(
@@ -987,7 +1013,7 @@ mod tests {
             scopes: vec![],
             role_claim: Some("groups".into()),
             role_mapping: [("ops".to_owned(), Role::Operator), ("admins".to_owned(), Role::Admin)].into(),
-            default_role: Role::Viewer,
+            default_role: Some(Role::Viewer),
         };
         let claims = |v: serde_json::Value| IdClaims {
             sub: "s".into(),
@@ -999,10 +1025,12 @@ mod tests {
             email_verified: None,
             rest: serde_json::json!({"groups": v}).as_object().unwrap().clone(),
         };
-        assert_eq!(OidcService::mapped_role(&p, &claims(serde_json::json!(["ops", "admins"]))), Role::Admin);
-        assert_eq!(OidcService::mapped_role(&p, &claims(serde_json::json!("ops"))), Role::Operator);
-        assert_eq!(OidcService::mapped_role(&p, &claims(serde_json::json!(["other"]))), Role::Viewer);
-        assert_eq!(OidcService::mapped_role(&p, &claims(serde_json::json!(42))), Role::Viewer);
+        assert_eq!(OidcService::mapped_role(&p, &claims(serde_json::json!(["ops", "admins"]))), Some(Role::Admin));
+        assert_eq!(OidcService::mapped_role(&p, &claims(serde_json::json!("ops"))), Some(Role::Operator));
+        assert_eq!(OidcService::mapped_role(&p, &claims(serde_json::json!(["other"]))), Some(Role::Viewer));
+        assert_eq!(OidcService::mapped_role(&p, &claims(serde_json::json!(42))), Some(Role::Viewer));
+        let closed = OidcProviderConfig { default_role: None, ..p.clone() };
+        assert_eq!(OidcService::mapped_role(&closed, &claims(serde_json::json!(["other"]))), None);
     }
 
     #[test]
@@ -1017,7 +1045,8 @@ mod tests {
         let p = &loaded.providers[0];
         assert_eq!(
             (p.client_auth, p.default_role, p.display_name.as_str()),
-            (ClientAuth::ClientSecretBasic, Role::Viewer, "corp")
+            (ClientAuth::ClientSecretBasic, None, "corp"),
+            "no default role unless one is set"
         );
         assert!(!loaded.redacted().to_string().contains("s3cr3t-value"));
         assert!(OidcConfig::load(&path, |_| None).is_err(), "a named variable that is unset is an error");

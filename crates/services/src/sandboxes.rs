@@ -787,7 +787,9 @@ impl SandboxService {
         idempotency_key: Option<&IdempotencyKey>,
     ) -> Result<ExecStarted> {
         let request = Self::exec_request(input)?;
-        if !prefer_operation && request.timeout.is_some_and(|t| t <= EXEC_SYNC_MAX) {
+        // A retry-safe exec needs an operation to find again: with an
+        // Idempotency-Key even a short exec runs as one.
+        if !prefer_operation && idempotency_key.is_none() && request.timeout.is_some_and(|t| t <= EXEC_SYNC_MAX) {
             return Ok(ExecStarted::Done(self.run_exec(actor, gw, sb, request, true).await?));
         }
         self.get(gw, sb).await?;

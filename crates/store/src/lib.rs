@@ -234,6 +234,9 @@ pub trait Store: Send + Sync {
     async fn list_users(&self) -> Result<Vec<User>>;
     /// Writes role, active flag, lock state and failed-login count.
     async fn save_user(&self, user: &User) -> Result<()>;
+    /// Sets an active user's role only if it is still `from` (compare and
+    /// set); `false` when it changed or the user was deactivated meanwhile.
+    async fn set_user_role_if(&self, id: &str, from: Role, to: Role, at: DateTime<Utc>) -> Result<bool>;
     async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<()>;
     async fn delete_user(&self, id: &str) -> Result<bool>;
     /// Active admins (for "there is always an admin").
@@ -1086,6 +1089,17 @@ macro_rules! impl_store {
             async fn list_users(&self) -> Result<Vec<User>> {
                 let rows = sqlx::query(&format!("{USER_SELECT} ORDER BY email")).fetch_all(&self.pool).await?;
                 rows.iter().map(|r| user_from_row(r)).collect()
+            }
+
+            async fn set_user_role_if(&self, id: &str, from: Role, to: Role, at: DateTime<Utc>) -> Result<bool> {
+                let done = sqlx::query("UPDATE users SET role = $3, updated_at = $4 WHERE id = $1 AND role = $2 AND active")
+                    .bind(id)
+                    .bind(from.as_str())
+                    .bind(to.as_str())
+                    .bind(at.trunc_subsecs(6))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
             }
 
             async fn save_user(&self, u: &User) -> Result<()> {
