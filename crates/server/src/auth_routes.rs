@@ -97,6 +97,7 @@ fn safe_next(next: Option<&str>) -> String {
     match next {
         Some(n)
             if n.starts_with('/')
+                && n.len() <= 2048
                 && !n.starts_with("//")
                 && !n.starts_with("/\\")
                 && !n.chars().any(|c| c.is_control() || c == '\\') =>
@@ -242,13 +243,22 @@ async fn oidc_providers(State(state): State<AppState>) -> Json<Vec<OidcProviderI
 /// digest is stored, and the callback must bring the cookie back. `Lax`
 /// because the provider sends the browser back with a top-level GET.
 const OIDC_COOKIE: &str = "bw_oidc";
+/// Behind TLS: the `__Host-` prefix makes browsers refuse the cookie from a
+/// sibling subdomain (which could otherwise plant its own sign-in), and
+/// requires `Secure` and `Path=/`.
+const OIDC_COOKIE_SECURE: &str = "__Host-bw_oidc";
+
+fn oidc_cookie_name(state: &AppState) -> &'static str {
+    if matches!(state.auth, AuthMode::Enabled { secure_cookies: true }) { OIDC_COOKIE_SECURE } else { OIDC_COOKIE }
+}
 
 fn oidc_cookie(state: &AppState, value: &str, max_age: u64) -> HeaderValue {
     let secure = matches!(state.auth, AuthMode::Enabled { secure_cookies: true });
-    let value = format!(
-        "{OIDC_COOKIE}={value}; HttpOnly; SameSite=Lax; Path=/api/auth/oidc; Max-Age={max_age}{}",
-        if secure { "; Secure" } else { "" }
-    );
+    let value = if secure {
+        format!("{OIDC_COOKIE_SECURE}={value}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age}; Secure")
+    } else {
+        format!("{OIDC_COOKIE}={value}; HttpOnly; SameSite=Lax; Path=/api/auth/oidc; Max-Age={max_age}")
+    };
     HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static(""))
 }
 
@@ -285,7 +295,7 @@ async fn oidc_callback(
             state: q.get("state").map(str::to_owned),
             error: q.get("error").map(str::to_owned),
         };
-        let browser = cookie(&headers, OIDC_COOKIE).map(Secret::new);
+        let browser = cookie(&headers, oidc_cookie_name(&state)).map(Secret::new);
         Ok::<_, ApiError>(state.oidc.complete(callback, browser.as_ref(), caller.client_ip).await?)
     }
     .await;
@@ -639,4 +649,19 @@ async fn delete_group_gateway_role(
 ) -> ApiResult<Json<serde_json::Value>> {
     state.identity.set_gateway_role(&actor, PrincipalKind::Group, &id, &gw, None).await?;
     Ok(Json(serde_json::json!({"ok": true})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn next_stays_on_this_site_and_short() {
+        assert_eq!(safe_next(Some("/sandboxes?x=1")), "/sandboxes?x=1");
+        for bad in ["//evil.example", "/\\evil.example", "https://evil.example", "/a\r\nb", "sandboxes"] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(safe_next(Some(&format!("/{}", "a".repeat(3000)))), "/", "a long one is dropped");
+        assert_eq!(safe_next(None), "/");
+    }
 }

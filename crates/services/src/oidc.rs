@@ -156,15 +156,23 @@ fn invalid(field: &str, message: impl Into<String>) -> ServiceError {
     ServiceError::Invalid { field: field.into(), message: message.into() }
 }
 
-/// `https`, or `http` to a loopback address (tests and local providers).
+/// `https`, or `http` to a loopback address (tests and local providers);
+/// parsed, not matched as text, and never with user info
+/// (`http://localhost:1@evil.example/` names evil.example).
 fn secure_url(raw: &str) -> bool {
-    if raw.starts_with("https://") {
-        return true;
+    let Ok(url) = reqwest::Url::parse(raw) else { return false };
+    if !url.username().is_empty() || url.password().is_some() {
+        return false;
     }
-    let Some(rest) = raw.strip_prefix("http://") else { return false };
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+    match url.scheme() {
+        "https" => url.host_str().is_some(),
+        "http" => is_loopback(&url),
+        _ => false,
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
 }
 
 impl OidcConfig {
@@ -650,8 +658,12 @@ impl OidcService {
         if d.issuer.trim_end_matches('/') != p.config.issuer.trim_end_matches('/') {
             return Err(unavailable(&p.config, "its discovery document names another issuer"));
         }
+        // A loopback endpoint only from a loopback issuer: a discovery
+        // document must not aim our client secret at this machine's services.
+        let issuer_local = reqwest::Url::parse(&p.config.issuer).is_ok_and(|u| is_loopback(&u));
         for endpoint in [&d.authorization_endpoint, &d.token_endpoint, &d.jwks_uri] {
-            if !secure_url(endpoint) {
+            let local = reqwest::Url::parse(endpoint).is_ok_and(|u| is_loopback(&u));
+            if !secure_url(endpoint) || (local && !issuer_local) {
                 return Err(unavailable(&p.config, "its discovery document names an endpoint that is not https"));
             }
         }
@@ -832,22 +844,27 @@ impl OidcService {
         if user.role == role {
             return Ok(user);
         }
-        if let Err(e) = self.0.identity.keeps_an_admin(&user, role, true).await {
-            // The last admin keeps the role: a group change at the provider
-            // must not leave Breakwater without anyone to administer it.
-            tracing::warn!(user = %user.email, error = %e, "role mapping would remove the last admin; role kept");
-            self.0
-                .audit
-                .log(
-                    &system,
-                    "user.role_mapping_skipped",
-                    "user",
-                    &user.id,
-                    None,
-                    serde_json::json!({"email": user.email, "from": user.role, "to": role, "reason": "last_admin"}),
-                )
-                .await;
-            return Ok(user);
+        match self.0.identity.keeps_an_admin(&user, role, true).await {
+            Ok(()) => {}
+            // Anything else (the database) fails the sign-in, not the rule.
+            Err(e) if !matches!(e, ServiceError::Precondition { .. }) => return Err(e),
+            Err(e) => {
+                // The last admin keeps the role: a group change at the provider
+                // must not leave Breakwater without anyone to administer it.
+                tracing::warn!(user = %user.email, error = %e, "role mapping would remove the last admin; role kept");
+                self.0
+                    .audit
+                    .log(
+                        &system,
+                        "user.role_mapping_skipped",
+                        "user",
+                        &user.id,
+                        None,
+                        serde_json::json!({"email": user.email, "from": user.role, "to": role, "reason": "last_admin"}),
+                    )
+                    .await;
+                return Ok(user);
+            }
         }
         let mut user = user;
         let from = user.role;
@@ -999,6 +1016,9 @@ mod tests {
         assert!(!secure_url("http://idp.example.com"));
         assert!(!secure_url("http://127.0.0.1.evil.example/x"));
         assert!(!secure_url("ftp://x"));
+        assert!(!secure_url("http://localhost:1@evil.example/token"), "user info hides the real host");
+        assert!(!secure_url("https://user:pw@idp.example.com/"));
+        assert!(secure_url("http://[::1]:9000/x"));
     }
 
     #[test]
