@@ -342,6 +342,18 @@ impl ServerArgs {
     }
 }
 
+/// glibc returns memory to the kernel as soon as more than 128 KiB sits free
+/// at the top of the heap, and serves blocks over 128 KiB with fresh
+/// mappings; a page of 1,000 sandboxes allocates and frees a few such
+/// buffers, so every request paid ~1 ms of page faults (docs/benchmarks.md).
+/// glibc raises both thresholds when a large mapped block is freed: one
+/// 16 MiB allocation, never touched (so never resident), does that once
+/// without `mallopt` (which would need unsafe code). Other allocators
+/// ignore it.
+fn raise_malloc_thresholds() {
+    drop(std::hint::black_box(Vec::<u8>::with_capacity(16 << 20)));
+}
+
 fn init_logs(format: LogFormat) {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -366,10 +378,12 @@ async fn main() {
     let result = match cli.command {
         Command::Serve(args) => {
             init_logs(args.log_format);
+            raise_malloc_thresholds();
             serve(args, None).await
         }
         Command::Demo(args) => {
             init_logs(args.log_format);
+            raise_malloc_thresholds();
             demo(args).await
         }
         Command::Config { command: ConfigCommand::Show(args) } => config_show(&args),
