@@ -347,11 +347,14 @@ impl ServerArgs {
 /// mappings; a page of 1,000 sandboxes allocates and frees a few such
 /// buffers, so every request paid ~1 ms of page faults (docs/benchmarks.md).
 /// glibc raises both thresholds when a large mapped block is freed: one
-/// 16 MiB allocation, never touched (so never resident), does that once
-/// without `mallopt` (which would need unsafe code). Other allocators
+/// 4 MiB allocation, never touched (so never resident), does that once
+/// without `mallopt` (which would need unsafe code): blocks up to 4 MiB then
+/// come from the heap, which keeps up to 8 MiB free before trimming. (The
+/// threshold follows the largest block freed, so keep this small: it is
+/// also how much memory a quiet server may hold on to.) Other allocators
 /// ignore it.
 fn raise_malloc_thresholds() {
-    drop(std::hint::black_box(Vec::<u8>::with_capacity(16 << 20)));
+    drop(std::hint::black_box(Vec::<u8>::with_capacity(4 << 20)));
 }
 
 fn init_logs(format: LogFormat) {
