@@ -526,3 +526,35 @@ async fn ssh_sessions_are_found_by_digest_and_expire() {
         assert!(!t.store.delete_ssh_session("live").await.unwrap());
     }
 }
+
+#[tokio::test]
+async fn a_role_is_set_only_while_it_is_what_was_read_and_the_user_is_active() {
+    use breakwater_domain::access::{Role, User};
+    for t in both().await {
+        let s = &t.store;
+        let now = chrono::Utc::now();
+        let mut u = User {
+            id: "u1".into(),
+            email: "carol@example.com".into(),
+            role: Role::Operator,
+            active: true,
+            locked_until: None,
+            failed_logins: 0,
+            oidc_provider: None,
+            created_at: now,
+            updated_at: now,
+        };
+        s.insert_user(&u, None).await.unwrap();
+        assert!(s.set_user_role_if("u1", Role::Operator, Role::Admin, now).await.unwrap(), "{}", t.backend);
+        // Read as operator, but an admin made it admin meanwhile: no write.
+        assert!(!s.set_user_role_if("u1", Role::Operator, Role::Viewer, now).await.unwrap(), "{}", t.backend);
+        assert_eq!(s.get_user("u1").await.unwrap().unwrap().role, Role::Admin);
+        // Deactivated meanwhile: no write either, and it stays inactive.
+        u.role = Role::Admin;
+        u.active = false;
+        s.save_user(&u).await.unwrap();
+        assert!(!s.set_user_role_if("u1", Role::Admin, Role::Viewer, now).await.unwrap(), "{}", t.backend);
+        let after = s.get_user("u1").await.unwrap().unwrap();
+        assert_eq!((after.role, after.active), (Role::Admin, false), "{}", t.backend);
+    }
+}
