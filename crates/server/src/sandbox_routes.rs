@@ -74,8 +74,8 @@ fn sandbox(raw: &str) -> ApiResult<breakwater_domain::SandboxName> {
     breakwater_domain::SandboxName::parse(raw).map_err(|e| ApiError::bad_request("name", e.to_string()))
 }
 
-/// Sandboxes as comma-separated JSON objects, and how many.
-fn encode_items(items: &[Sandbox]) -> serde_json::Result<(Vec<u8>, usize)> {
+/// Sandboxes as comma-separated JSON objects.
+fn encode_items(items: &[Sandbox]) -> serde_json::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(items.len() * 640);
     for (i, sandbox) in items.iter().enumerate() {
         if i > 0 {
@@ -83,7 +83,7 @@ fn encode_items(items: &[Sandbox]) -> serde_json::Result<(Vec<u8>, usize)> {
         }
         serde_json::to_writer(&mut out, sandbox)?;
     }
-    Ok((out, items.len()))
+    Ok(out)
 }
 
 async fn list(
@@ -113,8 +113,9 @@ async fn list(
         let mut chunk = chunk?;
         // A big chunk is encoded in two halves at once: the last one cannot
         // overlap a fetch, and the other core is idle by then.
-        let tail = if chunk.len() >= 200 { chunk.split_off(chunk.len() / 2) } else { Vec::new() };
-        let tail = tokio::task::spawn_blocking(move || encode_items(&tail));
+        let tail = (chunk.len() >= 200).then(|| chunk.split_off(chunk.len() / 2));
+        let tail_len = tail.as_ref().map_or(0, Vec::len);
+        let tail = tail.map(|t| tokio::task::spawn_blocking(move || encode_items(&t)));
         for sandbox in &chunk {
             if shown > 0 {
                 body.push(b',');
@@ -122,13 +123,11 @@ async fn list(
             serde_json::to_writer(&mut body, sandbox).map_err(|e| encode_failed(&e))?;
             shown += 1;
         }
-        let (tail, n) = tail.await.map_err(|e| encode_failed(&e))?.map_err(|e| encode_failed(&e))?;
-        if n > 0 {
-            if shown > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(&tail);
-            shown += n;
+        if let Some(tail) = tail {
+            let bytes = tail.await.map_err(|e| encode_failed(&e))?.map_err(|e| encode_failed(&e))?;
+            body.push(b',');
+            body.extend_from_slice(&bytes);
+            shown += tail_len;
         }
     }
     let total = pages.total();

@@ -165,9 +165,6 @@ fn not_found(name: &GatewayName) -> ServiceError {
 pub(crate) fn check_metadata_patch(patch: &GatewayMetadataPatch) -> Result<()> {
     if let FieldPatch::Set(labels) = &patch.labels {
         Labels::parse(labels.clone())?;
-        if labels.len() > 20 {
-            return Err(invalid("labels", "at most 20 labels"));
-        }
     }
     if let FieldPatch::Set(d) = &patch.description {
         check_description(Some(d))?;
@@ -337,10 +334,8 @@ impl GatewayService {
         if (auth_mode == AuthMode::None) != (scheme == "http") {
             return Err(invalid("auth_mode", "plaintext (auth_mode none) goes with scheme http, TLS with https"));
         }
+        // At most 20, among the rest of the label rules.
         let labels = Labels::parse(input.labels.clone())?.into_map();
-        if labels.len() > 20 {
-            return Err(invalid("labels", "at most 20 labels"));
-        }
         check_description(input.description.as_deref())?;
         check_metadata(&input.metadata)?;
         let ca = input.ca_cert.as_deref().map(check_ca).transpose()?;
